@@ -1,0 +1,717 @@
+"""Train SRResNet (--mode generator, pixel MSE) or SRGAN (--mode adversarial).
+
+One device:
+    python train.py --mode generator --trainset_dir data/DIV2K_train_sub --validset_dir data/Set5 --cuda
+    python train.py --mode adversarial --pretrain runs/generator_x4/weights/best.pth \
+        --trainset_dir data/DIV2K_train_sub --validset_dir data/Set5 --cuda
+Several GPUs (--batch_size is per process):
+    python train.py --dp ...                                   # DataParallel
+    torchrun --nproc_per_node 4 train.py --ddp ...             # DistributedDataParallel
+    srun python train.py --ddp ...                             # SLURM, one task per GPU
+    python train.py --ddp --nproc 4 ...                        # spawns the processes itself
+Resume: add --resume latest (or an epoch number) with the same --out_dir.
+"""
+import argparse
+import contextlib
+import copy
+import csv
+import datetime
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import utils
+from model import Discriminator, FeatureExtractor, Generator
+
+HISTORY_FIELDS = ['epoch', 'loss_g', 'loss_pixel', 'loss_content', 'loss_adv', 'loss_d',
+                  'd_real', 'd_fake', 'lr_g', 'lr_d', 'psnr_y', 'ssim_y', 'seconds',
+                  'images_per_s']
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--trainset_dir', default='data/DIV2K_train_sub', help='training images')
+    p.add_argument('--validset_dir', default=None, help='validation images (HR); none: skip')
+    p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8])
+    p.add_argument('--epochs', type=int, default=100, help='training epochs')
+    p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir")
+    p.add_argument('--mode', default='generator', choices=['adversarial', 'generator'],
+                   help="generator: SRResNet, pixel MSE. adversarial: SRGAN; with "
+                        "--content_weight 0 this is the paper's SRGAN-MSE variant (no VGG), "
+                        'otherwise SRGAN-VGG54 (needs ImageNet VGG19 weights)')
+    p.add_argument('--pretrain', default=None, help='generator weights or checkpoint to start from')
+    p.add_argument('--cuda', action='store_true', help='train on the GPU')
+    p.add_argument('--dp', action='store_true', help='DataParallel over the visible GPUs')
+    p.add_argument('--ddp', action='store_true', help='DistributedDataParallel (torchrun, '
+                   'SLURM srun, or self-spawned with --nproc)')
+    p.add_argument('--nproc', type=int, default=None,
+                   help='processes to spawn for --ddp / devices for --lightning '
+                        '(default: the number of GPUs)')
+    p.add_argument('--backend', default='auto', choices=['auto', 'nccl', 'gloo'],
+                   help='DDP backend; auto: nccl on CUDA, gloo on CPU')
+    p.add_argument('--dist_timeout', type=float, default=300,
+                   help='seconds a collective may wait for a lost rank before the job fails')
+    p.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under DDP')
+    p.add_argument('--lightning', action='store_true', help='train through Lightning Fabric')
+    p.add_argument('--out_dir', default=None, help='default: runs/<mode>_x<scale>')
+    p.add_argument('--batch_size', type=int, default=16, help='per process under DDP')
+    p.add_argument('--crop_size', type=int, default=96, help='HR crop size')
+    p.add_argument('--workers', type=int, default=4, help='DataLoader worker processes')
+    p.add_argument('--cache', action='store_true',
+                   help='decode all training images once and keep them in memory')
+    p.add_argument('--lr', type=float, default=1e-4)
+    p.add_argument('--lr_step', type=int, default=None,
+                   help='divide the learning rates by 10 after this epoch '
+                        '(default: half of --epochs; 0: never)')
+    p.add_argument('--num_blocks', type=int, default=16, help='generator residual blocks')
+    p.add_argument('--val_every', type=int, default=1, help='validate every N epochs')
+    p.add_argument('--vgg_weights', default='imagenet',
+                   help="'imagenet' (torchvision download), a local VGG19 .pth, or 'random' "
+                        '(smoke tests only)')
+    p.add_argument('--pixel_weight', type=float, default=1.0)
+    p.add_argument('--content_weight', type=float, default=0.006, help='VGG54 feature MSE')
+    p.add_argument('--adversarial_weight', type=float, default=1e-3)
+    p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
+                   help='autocast precision; auto: bf16 where the device supports it')
+    p.add_argument('--ema', type=float, default=0.0,
+                   help='generator EMA decay (e.g. 0.999); 0 = off')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--iters_per_epoch', type=int, default=None,
+                   help='iterations per epoch (default: one pass over the data)')
+    p.add_argument('--keep', type=int, default=3, help='old checkpoints kept')
+    p.add_argument('--compile', action='store_true', help='torch.compile the networks')
+    p.add_argument('--tensorboard', action='store_true', help='also log to TensorBoard')
+    p.add_argument('--log_every', type=int, default=10,
+                   help='iterations between progress-bar updates (each costs a device sync)')
+    p.add_argument('--time_limit', type=float, default=0,
+                   help='minutes; stop cleanly after the epoch in which this passes (0: none)')
+    args = p.parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = os.path.join('runs', f'{args.mode}_x{args.upscale_factor}')
+    if args.lr_step is None:
+        args.lr_step = args.epochs // 2
+    if args.crop_size % args.upscale_factor:
+        p.error(f'--crop_size {args.crop_size} is not a multiple of --upscale_factor')
+    return args
+
+
+class TrainingError(Exception):
+    """A problem to report in one line and stop on (bad files, NaN loss, bad flags)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, processes and precision
+# ---------------------------------------------------------------------------------------------
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matrix units (AMX or AVX512-BF16)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return ' amx_bf16' in flags or ' avx512_bf16' in flags
+
+
+def resolve_amp(amp: str, device: torch.device):
+    """The autocast dtype for --amp (None = fp32)."""
+    if amp == 'auto':
+        if device.type == 'cuda':
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    if amp == 'fp16' and device.type != 'cuda':
+        raise TrainingError('--amp fp16 needs a CUDA device (use bf16 or off on the CPU)')
+    return {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM nodelist such as 'gpu[03-05,9],cpu1' -> 'gpu03'."""
+    try:
+        out = subprocess.run(['scontrol', 'show', 'hostnames', nodelist], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    m = re.match(r'([^,\[]+)(?:\[([^\]]+)\])?', nodelist)
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(',')[0].split('-')[0]
+
+
+def launch_env() -> dict:
+    """Rank, world size and local rank from torchrun or SLURM; {} when neither launched us."""
+    env = os.environ
+    if 'RANK' in env and 'WORLD_SIZE' in env:
+        return {'rank': int(env['RANK']), 'world_size': int(env['WORLD_SIZE']),
+                'local_rank': int(env.get('LOCAL_RANK', 0)), 'launcher': 'torchrun'}
+    if 'SLURM_PROCID' in env and int(env.get('SLURM_NTASKS', '1')) > 1:
+        env.setdefault('MASTER_ADDR', first_slurm_host(env.get('SLURM_JOB_NODELIST', '127.0.0.1')))
+        # a port derived from the job id, so two jobs sharing a node do not collide
+        env.setdefault('MASTER_PORT', str(20000 + int(env.get('SLURM_JOB_ID', '0')) % 20000))
+        return {'rank': int(env['SLURM_PROCID']), 'world_size': int(env['SLURM_NTASKS']),
+                'local_rank': int(env.get('SLURM_LOCALID', 0)), 'launcher': 'slurm'}
+    return {}
+
+
+class Runtime:
+    """Where this process trains: device, rank, world size, precision."""
+
+    def __init__(self, args, rank=0, world_size=1, local_rank=0):
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.distributed = world_size > 1
+        self.master = rank == 0
+        if args.cuda:
+            if not torch.cuda.is_available():
+                raise TrainingError('--cuda given but no CUDA device is available')
+            self.device = torch.device('cuda', local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device('cpu')
+        self.amp_dtype = resolve_amp(args.amp, self.device)
+        self.fabric = None
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def log(self, *msg):
+        if self.master:
+            print(*msg, flush=True)
+
+
+def init_distributed(args, rank: int, world_size: int, local_rank: int) -> Runtime:
+    rt = Runtime(args, rank, world_size, local_rank)
+    backend = args.backend
+    if backend == 'auto':
+        backend = 'nccl' if rt.device.type == 'cuda' else 'gloo'
+    kwargs = {'device_id': rt.device} if backend == 'nccl' else {}
+    dist.init_process_group(backend, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=args.dist_timeout), **kwargs)
+    return rt
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices for one epoch of `num_samples` per rank: fresh permutations of the dataset
+    (seeded by seed and epoch) concatenated as needed, ranks taking disjoint slices.
+    Works for one process and DDP alike, and needs no RNG state to resume."""
+
+    def __init__(self, n: int, num_samples: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0):
+        self.n, self.num_samples = n, num_samples
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        total = self.num_samples * self.world_size
+        perms = [torch.randperm(self.n, generator=g) for _ in range(math.ceil(total / self.n))]
+        idx = torch.cat(perms)[:total]
+        return iter(idx[self.rank::self.world_size].tolist())
+
+
+def make_train_loader(args, rt: Runtime):
+    dataset = utils.TrainSet(args.trainset_dir, args.upscale_factor, args.crop_size,
+                             augment=True, cache=args.cache)
+    per_rank = len(dataset) // rt.world_size
+    iters = args.iters_per_epoch or max(1, per_rank // args.batch_size)
+    sampler = EpochSampler(len(dataset), iters * args.batch_size, rt.rank, rt.world_size,
+                           args.seed)
+    # Workers are re-created each epoch and seeded from the main RNG, which run() reseeds
+    # at every epoch start: an epoch's crops depend only on (seed, epoch, rank).
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+        pin_memory=rt.device.type == 'cuda', drop_last=True,
+        prefetch_factor=4 if args.workers else None)
+    return loader, sampler, iters
+
+
+# ---------------------------------------------------------------------------------------------
+# Models, optimizers, EMA
+# ---------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of the generator: ema = d * ema + (1 - d) * param."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(utils.unwrap(model)).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        src = utils.unwrap(model)
+        ema_p = list(self.model.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in src.parameters()], 1 - self.decay)
+        for b_ema, b in zip(self.model.buffers(), src.buffers()):
+            b_ema.copy_(b)
+
+
+def load_pretrained(args, generator: Generator) -> None:
+    """Copy generator weights from --pretrain (weights file or checkpoint) into `generator`."""
+    try:
+        g = utils.load_generator(args.pretrain, upscale_factor=args.upscale_factor)
+    except utils.CheckpointError as e:
+        raise TrainingError(f'--pretrain {e}') from None
+    if g.config != generator.config:
+        raise TrainingError(f'--pretrain {args.pretrain}: generator {g.config} does not match '
+                            f'this run ({generator.config}); set --num_blocks to match')
+    generator.load_state_dict(g.state_dict())
+
+
+def build(args, rt: Runtime) -> dict:
+    """Networks, optimizers, schedulers and scalers, on the device and wrapped for DP/DDP."""
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    cl = torch.channels_last
+    s = {'G': Generator(args.upscale_factor, args.num_blocks).to(rt.device, memory_format=cl)}
+    if args.pretrain:
+        load_pretrained(args, s['G'])
+    elif args.mode == 'adversarial':
+        rt.log('warning: adversarial training without --pretrain starts from a random '
+               'generator; the paper starts from a trained SRResNet')
+    s['opt_g'] = torch.optim.Adam(s['G'].parameters(), args.lr, betas=(0.9, 0.999))
+    milestones = [args.lr_step] if args.lr_step else []
+    s['sched_g'] = torch.optim.lr_scheduler.MultiStepLR(s['opt_g'], milestones, 0.1)
+    fp16 = rt.amp_dtype == torch.float16
+    s['scaler_g'] = torch.amp.GradScaler(rt.device.type, enabled=fp16)
+    s['ema'] = EMA(s['G'], args.ema) if args.ema > 0 else None
+    if args.mode == 'adversarial':
+        s['D'] = Discriminator().to(rt.device, memory_format=cl)
+        s['opt_d'] = torch.optim.Adam(s['D'].parameters(), args.lr, betas=(0.9, 0.999))
+        s['sched_d'] = torch.optim.lr_scheduler.MultiStepLR(s['opt_d'], milestones, 0.1)
+        s['scaler_d'] = torch.amp.GradScaler(rt.device.type, enabled=fp16)
+        s['vgg'] = None
+        if args.content_weight > 0:
+            try:
+                s['vgg'] = FeatureExtractor(args.vgg_weights).to(rt.device, memory_format=cl)
+            except RuntimeError as e:
+                raise TrainingError(str(e)) from None
+    return s
+
+
+def wrap(args, rt: Runtime, s: dict) -> None:
+    """DataParallel / DistributedDataParallel / Fabric / torch.compile around the networks.
+
+    s['D_g'] is the discriminator the generator step calls: never DDP-wrapped, since D is
+    frozen there and its weights must not take part in that step's gradient sync."""
+    nets = ['G', 'D'] if 'D' in s else ['G']
+    if 'D' in s:
+        s['D_g'] = s['D']
+    if rt.fabric is not None:
+        for k, o in (('G', 'opt_g'), ('D', 'opt_d'))[:len(nets)]:
+            s[k], s[o] = rt.fabric.setup(s[k], s[o], move_to_device=False)
+    elif args.dp:
+        if rt.device.type == 'cuda' and torch.cuda.device_count() >= 2:
+            for k in nets:
+                s[k] = nn.DataParallel(s[k])
+            if 'D' in s:
+                s['D_g'] = s['D']
+        else:
+            rt.log('warning: --dp needs at least two GPUs; training on one device')
+    elif rt.distributed:
+        for k in nets:
+            if args.sync_bn:
+                s[k] = nn.SyncBatchNorm.convert_sync_batchnorm(s[k])
+                if k == 'D':
+                    s['D_g'] = s['D']
+            ids = [rt.device.index] if rt.device.type == 'cuda' else None
+            s[k] = nn.parallel.DistributedDataParallel(s[k], device_ids=ids)
+    if args.compile:
+        for k in nets + [k for k in ('D_g', 'vgg') if s.get(k) is not None]:
+            s[k] = torch.compile(s[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def checkpoint_path(args, epoch: int) -> str:
+    return os.path.join(args.out_dir, 'checkpoints', f'checkpoint_epoch_{epoch}.pth')
+
+
+def find_checkpoint(args) -> str:
+    folder = os.path.join(args.out_dir, 'checkpoints')
+    if str(args.resume) != 'latest':
+        if not str(args.resume).isdigit():
+            raise TrainingError(f"--resume takes an epoch number or 'latest', got {args.resume}")
+        path = checkpoint_path(args, int(args.resume))
+        if not os.path.isfile(path):
+            raise TrainingError(f'{path}: no checkpoint for epoch {args.resume}')
+        return path
+    epochs = sorted(int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                    if (m := re.fullmatch(r'checkpoint_epoch_(\d+)\.pth', f)))
+    if not epochs:
+        raise TrainingError(f'{folder}: no checkpoint to resume from')
+    return checkpoint_path(args, epochs[-1])
+
+
+def state_of(s: dict, epoch: int, args, history: list, best: float) -> dict:
+    state = {'epoch': epoch, 'args': vars(args), 'history': history, 'best_psnr': best,
+             'config': utils.unwrap(s['G']).config,
+             'generator': utils.unwrap(s['G']).state_dict(),
+             'rng': {'torch': torch.get_rng_state()}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['rng']['cuda'] = torch.cuda.get_rng_state_all()
+    for k in ('opt_g', 'sched_g', 'scaler_g', 'opt_d', 'sched_d', 'scaler_d'):
+        if k in s:
+            state[k] = s[k].state_dict()
+    if 'D' in s:
+        state['discriminator'] = utils.unwrap(s['D']).state_dict()
+    if s['ema'] is not None:
+        state['ema'] = s['ema'].model.state_dict()
+    return state
+
+
+def restore(s: dict, state: dict, path: str) -> None:
+    try:
+        utils.unwrap(s['G']).load_state_dict(state['generator'])
+        for k in ('opt_g', 'sched_g', 'scaler_g', 'opt_d', 'sched_d', 'scaler_d'):
+            if k in s:
+                s[k].load_state_dict(state[k])
+        if 'D' in s:
+            utils.unwrap(s['D']).load_state_dict(state['discriminator'])
+        if s['ema'] is not None:
+            s['ema'].model.load_state_dict(state.get('ema', state['generator']))
+        torch.set_rng_state(state['rng']['torch'])
+        if 'cuda' in state['rng'] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['rng']['cuda'])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise TrainingError(f'{path}: checkpoint does not match this run '
+                            f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})'
+                            ) from None
+
+
+def prune(folder: str, pattern: str, keep: int) -> None:
+    """Delete all but the newest `keep` files in `folder` matching `pattern` (epoch group)."""
+    if keep <= 0 or not os.path.isdir(folder):
+        return
+    files = sorted((int(m.group(1)), f) for f in os.listdir(folder)
+                   if (m := re.fullmatch(pattern, f)))
+    for _, f in files[:-keep]:
+        os.remove(os.path.join(folder, f))
+
+
+def save_all(args, s: dict, epoch: int, history: list, best: float, is_best: bool) -> None:
+    """Checkpoint, this epoch's generator weights, and best.pth, each written atomically."""
+    gen = s['ema'].model if s['ema'] is not None else s['G']
+    meta = {'epoch': epoch, 'mode': args.mode, 'variant': variant(args)}
+    wdir = os.path.join(args.out_dir, 'weights')
+    utils.save_weights(gen, os.path.join(wdir, f'G_epoch_{epoch}.pth'), **meta)
+    if is_best:
+        utils.save_weights(gen, os.path.join(wdir, 'best.pth'), **meta)
+    # the checkpoint last: once it exists, everything it refers to is on disk
+    utils.save_checkpoint(state_of(s, epoch, args, history, best), checkpoint_path(args, epoch))
+    prune(os.path.join(args.out_dir, 'checkpoints'), r'checkpoint_epoch_(\d+)\.pth', args.keep)
+    prune(wdir, r'G_epoch_(\d+)\.pth', args.keep)
+
+
+def variant(args) -> str:
+    if args.mode == 'generator':
+        return 'SRResNet-MSE'
+    if args.content_weight <= 0:
+        return 'SRGAN-MSE'
+    return 'SRGAN-VGG54' if args.vgg_weights != 'random' else 'SRGAN-randomVGG (smoke test)'
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and validation
+# ---------------------------------------------------------------------------------------------
+
+def backward(rt: Runtime, loss: torch.Tensor, opt, scaler) -> None:
+    opt.zero_grad(set_to_none=True)
+    if rt.fabric is not None:
+        rt.fabric.backward(loss)
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
+def train_step(args, rt: Runtime, s: dict, lr: torch.Tensor, hr: torch.Tensor) -> dict:
+    """One iteration; returns the losses as device tensors (no host sync)."""
+    G = s['G']
+    with rt.autocast():
+        sr = G(lr)
+    if args.mode == 'generator':
+        loss = F.mse_loss(sr.float(), hr)
+        backward(rt, loss, s['opt_g'], s['scaler_g'])
+        return {'loss_g': loss.detach(), 'loss_pixel': loss.detach()}
+
+    # (1) Discriminator: maximise log D(hr) + log(1 - D(G(lr))), on a detached SR
+    D = s['D']
+    with rt.autocast():
+        real_logit = D(hr).float()
+        fake_logit = D(sr.detach()).float()
+    loss_d = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+              + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+    backward(rt, loss_d, s['opt_d'], s['scaler_d'])
+
+    # (2) Generator: minimise pixel MSE + content (VGG54) MSE - log D(G(lr)).
+    # D is frozen here (no gradient for its weights) and called outside DDP (no sync for it).
+    d_net = utils.unwrap(D)
+    d_net.requires_grad_(False)
+    with rt.autocast():
+        gen_logit = s['D_g'](sr).float()
+        loss_content = torch.zeros((), device=rt.device)
+        if s['vgg'] is not None and args.content_weight > 0:
+            loss_content = F.mse_loss(s['vgg'](sr).float(), s['vgg'](hr).float())
+    d_net.requires_grad_(True)
+    loss_pixel = F.mse_loss(sr.float(), hr)
+    loss_adv = F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
+    loss_g = (args.pixel_weight * loss_pixel + args.content_weight * loss_content
+              + args.adversarial_weight * loss_adv)
+    backward(rt, loss_g, s['opt_g'], s['scaler_g'])
+    return {'loss_g': loss_g.detach(), 'loss_pixel': loss_pixel.detach(),
+            'loss_content': loss_content.detach(), 'loss_adv': loss_adv.detach(),
+            'loss_d': loss_d.detach(), 'd_real': torch.sigmoid(real_logit).mean().detach(),
+            'd_fake': torch.sigmoid(fake_logit).mean().detach()}
+
+
+def train_epoch(args, rt: Runtime, s: dict, loader, epoch: int, iters: int) -> dict:
+    """Train one epoch; returns mean losses (floats), reduced over ranks."""
+    from tqdm import tqdm
+    for k in ('G', 'D'):
+        if k in s:
+            s[k].train()
+    sums, first_bad = None, torch.full((), -1, device=rt.device, dtype=torch.long)
+    bar = tqdm(loader, total=iters, desc=f'epoch {epoch}/{args.epochs}', disable=not rt.master,
+               dynamic_ncols=True, leave=False)
+    shown = {}
+    for it, (lr, hr) in enumerate(bar, 1):
+        lr = lr.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        hr = hr.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        losses = train_step(args, rt, s, lr, hr)
+        if s['ema'] is not None:
+            s['ema'].update(s['G'])
+        stacked = torch.stack([losses[k].float() for k in sorted(losses)])
+        sums = stacked if sums is None else sums + stacked
+        # remember the first non-finite iteration without a host sync
+        bad = ~torch.isfinite(stacked).all()
+        first_bad = torch.where(bad & (first_bad < 0), torch.tensor(it, device=rt.device),
+                                first_bad)
+        if it % args.log_every == 0 or it == iters:
+            if rt.distributed:  # a NaN on any rank stops every rank at the same iteration
+                dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+            if int(first_bad) >= 0:
+                break
+            if rt.master:
+                shown = {k: f'{v:.4g}' for k, v in zip(sorted(losses), (sums / it).tolist())}
+                bar.set_postfix(shown)
+    if int(first_bad) >= 0:
+        raise TrainingError(f'loss became NaN/inf at epoch {epoch}, iteration {int(first_bad)}; '
+                            'stopped, the last good checkpoint is kept (try a lower --lr or '
+                            '--amp off)')
+    means = sums / iters
+    if rt.distributed:
+        dist.all_reduce(means)
+        means /= rt.world_size
+    return dict(zip(sorted(losses), means.tolist()))
+
+
+@torch.inference_mode()
+def validate(args, rt: Runtime, s: dict, epoch: int, num_samples: int = 3) -> dict:
+    """PSNR-Y / SSIM-Y on --validset_dir; saves a few SR/bicubic/HR images."""
+    model = s['ema'].model if s['ema'] is not None else utils.unwrap(s['G'])
+    was_training = model.training
+    model.eval()
+    dataset = utils.ValidSet(args.validset_dir, args.upscale_factor)
+    out = os.path.join(args.out_dir, 'output', str(epoch))
+    psnrs, ssims = [], []
+    for i in range(len(dataset)):
+        try:
+            lr, hr, name = dataset[i]
+        except utils.ImageError as e:
+            rt.log(f'warning: {e}; skipped')
+            continue
+        x = lr[None].to(rt.device).contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            sr = model(x).float()[0].clamp(0, 1).cpu()
+        psnrs.append(utils.psnr(sr, hr, args.upscale_factor))
+        ssims.append(utils.ssim(sr, hr, args.upscale_factor))
+        if i < num_samples:
+            stem = os.path.splitext(name)[0]
+            utils.save_image(sr, os.path.join(out, f'{stem}_sr.png'))
+            utils.save_image(utils.imresize(lr, args.upscale_factor).clamp(0, 1),
+                             os.path.join(out, f'{stem}_bicubic.png'))
+            utils.save_image(hr, os.path.join(out, f'{stem}_hr.png'))
+    model.train(was_training)
+    if not psnrs:
+        return {}
+    finite = [p for p in psnrs if math.isfinite(p)] or [100.0]
+    return {'psnr_y': sum(finite) / len(finite), 'ssim_y': sum(ssims) / len(ssims)}
+
+
+def append_history(args, row: dict) -> None:
+    path = os.path.join(args.out_dir, 'history.csv')
+    new = not os.path.exists(path)
+    with open(path, 'a', newline='') as f:
+        w = csv.DictWriter(f, HISTORY_FIELDS, extrasaction='ignore')
+        if new:
+            w.writeheader()
+        w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def open_tensorboard(args, rt: Runtime):
+    if not (args.tensorboard and rt.master):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        rt.log('warning: --tensorboard needs the tensorboard package; not logging to it')
+        return None
+    return SummaryWriter(os.path.join(args.out_dir, 'tensorboard'))
+
+
+def run(args, rt: Runtime) -> None:
+    """The whole training run in this process (one of several under DDP)."""
+    loader, sampler, iters = make_train_loader(args, rt)
+    s = build(args, rt)
+    start, history, best = 1, [], -math.inf
+    if args.resume is not None:
+        path = find_checkpoint(args)
+        try:
+            state = utils.load_checkpoint(path)
+        except utils.CheckpointError as e:
+            raise TrainingError(str(e)) from None
+        restore(s, state, path)
+        start, history, best = state['epoch'] + 1, state['history'], state['best_psnr']
+        rt.log(f'resumed from {path} (epoch {state["epoch"]})')
+    wrap(args, rt, s)
+    if rt.master:
+        os.makedirs(args.out_dir, exist_ok=True)
+        rt.log(f'{variant(args)} x{args.upscale_factor}: {len(loader.dataset)} training images, '
+               f'{iters} iterations/epoch, batch {args.batch_size} x {rt.world_size} process(es), '
+               f'device {rt.device}, precision {rt.amp_dtype or torch.float32}')
+    tb = open_tensorboard(args, rt)
+    t_start = time.time()
+    for epoch in range(start, args.epochs + 1):
+        sampler.set_epoch(epoch)
+        # The data RNG (crops, flips, worker seeds) restarts from (seed, epoch, rank) each
+        # epoch: resuming is exact for any worker count, and ranks crop differently.
+        torch.manual_seed(args.seed * 1000003 + epoch * 1009 + rt.rank)
+        t0 = time.time()
+        row = {'epoch': epoch, **train_epoch(args, rt, s, loader, epoch, iters)}
+        seconds = time.time() - t0
+        row.update(seconds=seconds, images_per_s=iters * args.batch_size * rt.world_size / seconds,
+                   lr_g=s['opt_g'].param_groups[0]['lr'])
+        if 'opt_d' in s:
+            row['lr_d'] = s['opt_d'].param_groups[0]['lr']
+        for k in ('sched_g', 'sched_d'):
+            if k in s:
+                s[k].step()
+        is_best = False
+        if rt.master:
+            if args.validset_dir and (epoch % args.val_every == 0 or epoch == args.epochs):
+                row.update(validate(args, rt, s, epoch))
+                if row.get('psnr_y', -math.inf) > best:
+                    best, is_best = row['psnr_y'], True
+            history.append(row)
+            append_history(args, row)
+            save_all(args, s, epoch, history, best, is_best)
+            if tb is not None:
+                for k, v in row.items():
+                    if k != 'epoch':
+                        tb.add_scalar(k, v, epoch)
+            rt.log(f'epoch {epoch}: ' + ', '.join(
+                f'{k} {v:.4g}' for k, v in row.items() if k != 'epoch'))
+        if rt.distributed:
+            dist.barrier()  # nobody runs ahead of the checkpoint
+        if args.time_limit and time.time() - t_start > 60 * args.time_limit:
+            rt.log(f'time limit of {args.time_limit} min reached after epoch {epoch}; '
+                   f'continue with --resume latest')
+            break
+    if tb is not None:
+        tb.close()
+
+
+def run_lightning(args) -> None:
+    """The same run() through Lightning Fabric (strategy ddp over --nproc devices)."""
+    try:
+        import lightning
+    except ImportError:
+        raise TrainingError('--lightning needs the lightning package: '
+                            'python -m pip install lightning') from None
+    device = torch.device('cuda' if args.cuda else 'cpu')
+    dtype = resolve_amp(args.amp, device)
+    precision = {None: '32-true', torch.bfloat16: 'bf16-mixed', torch.float16: '16-mixed'}[dtype]
+    devices = args.nproc or (torch.cuda.device_count() if args.cuda else 1)
+    fabric = lightning.Fabric(accelerator=device.type, devices=devices, precision=precision,
+                              strategy='ddp' if devices > 1 else 'auto')
+    fabric.launch()  # starts the other processes (or joins SLURM's / torchrun's)
+    rt = Runtime(args, fabric.global_rank, fabric.world_size, fabric.local_rank)
+    rt.fabric, rt.device = fabric, fabric.device
+    rt.amp_dtype = dtype
+    rt.autocast = fabric.autocast
+    run(args, rt)
+
+
+def worker(local_rank: int, args, world_size: int, port: int) -> None:
+    """Entry point of a self-spawned DDP process."""
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    run_process(args, local_rank, world_size, local_rank)
+
+
+def run_process(args, rank: int, world_size: int, local_rank: int) -> None:
+    rt = init_distributed(args, rank, world_size, local_rank)
+    try:
+        run(args, rt)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    try:
+        if args.lightning:
+            run_lightning(args)
+        elif args.ddp:
+            env = launch_env()
+            if env:
+                run_process(args, env['rank'], env['world_size'], env['local_rank'])
+            else:
+                nproc = args.nproc or (torch.cuda.device_count() if args.cuda else 0)
+                if nproc < 1:
+                    raise TrainingError('--ddp on the CPU needs --nproc N (or launch it with '
+                                        'torchrun / srun)')
+                import torch.multiprocessing as mp
+                mp.spawn(worker, args=(args, nproc, free_port()), nprocs=nproc)
+        else:
+            run(args, Runtime(args))
+    except (TrainingError, utils.ImageError, utils.CheckpointError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('interrupted; resume with --resume latest', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
