@@ -4,16 +4,22 @@ sub-image preparation (this file's __main__), checkpoints, and tiled inference.
 Conventions (DESIGN.md): tensors are RGB float32 in [0, 1], CHW or NCHW; metrics are computed
 on 8-bit images with BT.601 (MATLAB) YCbCr.
 """
+import argparse
 import functools
 import math
+import multiprocessing
 import os
+import random
+import sys
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
@@ -315,13 +321,55 @@ def downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return quantize(imresize(hr, 1.0 / scale))
 
 
+def image_to_uint8(img: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 RGB array of a PIL image: alpha dropped, 16-bit and float scaled to 8 bits."""
+    if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+        rgb, _ = pil_to_array(img)
+        return np.rint(rgb * 255).astype(np.uint8)
+    return np.asarray(img if img.mode == 'RGB' else img.convert('RGB'))
+
+
+def _torchvision_io():
+    # imported on first use: torchvision takes seconds to import and only the datasets need it
+    import torchvision.io
+    return torchvision.io
+
+
+def read_uint8(path: str) -> torch.Tensor:
+    """Decode an image file to a (3, H, W) uint8 RGB tensor, EXIF orientation applied.
+
+    PNG and JPEG go through torchvision's decoder (faster than PIL, same pixels: see
+    tests/test_data.py and benchmarks/bench_data.py); everything else, and anything torchvision
+    refuses, through PIL, which also gives the one-line ImageError for a broken file."""
+    if path.lower().endswith(('.png', '.jpg', '.jpeg')):
+        tio = _torchvision_io()
+        try:
+            img = tio.decode_image(tio.read_file(path), mode=tio.ImageReadMode.RGB,
+                                   apply_exif_orientation=True)
+        except RuntimeError:
+            img = None
+        if img is not None and img.dtype == torch.uint8:  # 16-bit PNGs decode as uint16
+            return img
+    return torch.from_numpy(image_to_uint8(open_image(path))).permute(2, 0, 1)
+
+
+def _warn_left_out(root: str, names: list, why: str) -> None:
+    """One warning for all the files of `root` left out for the same reason."""
+    shown = ', '.join(os.path.basename(p) for p in names[:3])
+    more = f' and {len(names) - 3} more' if len(names) > 3 else ''
+    warnings.warn(f'{root}: {len(names)} image(s) {why}, left out ({shown}{more})',
+                  stacklevel=3)
+
+
 class TrainSet(torch.utils.data.Dataset):
     """Random HR crops and their bicubic LR: dataset[i] -> (lr, hr), float [0, 1].
 
     Every image under `root` (recursive, sorted). `augment` applies the same random flips and
-    90-degree rotation to both. Randomness comes from torch's global generator (seeded per
-    DataLoader worker), so fixed seeds reproduce runs. `cache` keeps decoded images in memory
-    as uint8 (for small sets; forked workers share it copy-on-write)."""
+    90-degree rotation to both (hr is augmented, lr is computed from it). Randomness comes from
+    torch's global generator, which DataLoader seeds in each worker (see make_loader), so fixed
+    seeds reproduce runs. The crop and augmentation work on uint8, before conversion to float.
+    `cache` decodes every image up front and keeps it in memory as uint8, so that forked
+    DataLoader workers share one copy (about 7 GB for DIV2K's 800 HR images)."""
 
     def __init__(self, root: str, upscale_factor: int = 4, crop_size: int = 96,
                  augment: bool = True, cache: bool = False):
@@ -334,55 +382,50 @@ class TrainSet(torch.utils.data.Dataset):
         paths = list_images(root)
         if not paths:
             raise ImageError(f'{root}: no images (png, jpg, jpeg, bmp, webp) in this folder')
-        self.paths, small, broken = [], 0, 0
+        self.paths, small, broken = [], [], []
         for p in paths:
             try:
-                with Image.open(p) as img:
+                with Image.open(p) as img:  # reads the header only
                     w, h = img.size
             except Exception:
-                broken += 1
-                warnings.warn(f'{p}: not a readable image, left out')
+                broken.append(p)
                 continue
-            if min(w, h) < crop_size:
-                small += 1
-            else:
-                self.paths.append(p)
+            (small if min(w, h) < crop_size else self.paths).append(p)
+        if broken:
+            _warn_left_out(root, broken, 'not readable')
         if small:
-            warnings.warn(f'{root}: {small} image(s) smaller than the {crop_size}px crop left out')
+            _warn_left_out(root, small, f'smaller than the {crop_size}px crop')
         if not self.paths:
             raise ImageError(f'{root}: no usable image of at least {crop_size}x{crop_size}')
-        self.cache = {} if cache else None
+        _torchvision_io()  # import once here, not in every DataLoader worker
+        self.cache = None
+        if cache:
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+                self.cache = list(pool.map(read_uint8, self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _load_uint8(self, i: int) -> torch.Tensor:
-        if self.cache is not None and i in self.cache:
-            return self.cache[i]
-        img = open_image(self.paths[i])
-        arr = np.asarray(img.convert('RGB') if img.mode != 'RGB' else img)
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-        if self.cache is not None:
-            self.cache[i] = t
-        return t
-
     def __getitem__(self, i: int) -> tuple:
-        img = self._load_uint8(i)
+        img = self.cache[i] if self.cache is not None else read_uint8(self.paths[i])
         h, w = img.shape[-2:]
         c = self.crop_size
-        top = int(torch.randint(0, h - c + 1, (1,)))
-        left = int(torch.randint(0, w - c + 1, (1,)))
+        if h < c or w < c:  # the header said otherwise (a file changed since): name it
+            raise ImageError(f'{self.paths[i]}: {w}x{h} is smaller than the {c}px crop')
+        top = int(torch.randint(0, h - c + 1, ()))
+        left = int(torch.randint(0, w - c + 1, ()))
         hr = img[:, top:top + c, left:left + c]
         if self.augment:
-            flips = torch.randint(0, 2, (3,)).tolist()
-            if flips[0]:
+            # horizontal flip, vertical flip, transpose: together the 8 orientations
+            hflip, vflip, transpose = torch.randint(0, 2, (3,)).tolist()
+            if hflip:
                 hr = hr.flip(-1)
-            if flips[1]:
+            if vflip:
                 hr = hr.flip(-2)
-            if flips[2]:
+            if transpose:
                 hr = hr.transpose(-1, -2)
-        hr = hr.float().div_(255)
-        return downscale(hr, self.scale), hr.contiguous()
+        hr = hr.contiguous().float().div_(255)
+        return downscale(hr, self.scale), hr
 
 
 class ValidSet(torch.utils.data.Dataset):
@@ -403,6 +446,195 @@ class ValidSet(torch.utils.data.Dataset):
         hr, _ = load_image(self.paths[i])
         hr = modcrop(hr, self.scale)
         return downscale(hr, self.scale), hr, os.path.basename(self.paths[i])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed numpy and random from the worker's torch seed, which
+    DataLoader derives from the loader's generator (torch itself is already seeded)."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size: int, workers: int = 4, shuffle: bool = True,
+                sampler=None, device_type: str = 'cpu', seed: int = None,
+                drop_last: bool = True, prefetch_factor: int = 4,
+                persistent_workers: bool = True):
+    """A DataLoader with the settings training wants.
+
+    Reproducible: the shuffle order and the workers' seeds come from a generator seeded with
+    `seed`, or, when None, with a number drawn from torch's global generator (so that
+    torch.manual_seed alone reproduces a run). With workers=0 the samples' randomness is the
+    global generator itself. Under DDP give each rank its own seed (seed + rank) so that ranks
+    crop differently, and pass the DistributedSampler as `sampler` (it does the shuffling).
+    Memory is pinned for CUDA; workers persist across epochs (no restart cost per epoch; their
+    RNG then runs on from epoch to epoch, so a run resumed mid-way draws other crops: pass
+    persistent_workers=False and reseed each epoch where resuming must be exact)."""
+    samples = len(sampler) if sampler is not None else len(dataset)
+    if drop_last and samples < batch_size:  # an epoch of no batches: a training loop spins
+        raise ValueError(f'{samples} samples cannot fill one batch of {batch_size}')
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 62, ()))
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=workers, pin_memory=device_type == 'cuda', drop_last=drop_last,
+        persistent_workers=persistent_workers and workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        worker_init_fn=seed_worker, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sub-image preparation: python utils.py --input data/DIV2K_train_HR --output data/DIV2K_train_sub
+# ---------------------------------------------------------------------------------------------
+# Training reads a random 96px crop per sample. Decoding a whole 2K PNG for it costs ~50-70 ms;
+# cutting the images once into overlapping 480px sub-images makes each sample a ~5 ms decode
+# (benchmarks/bench_data.py measures the gain).
+
+def window_starts(length: int, crop_size: int, step: int, thresh_size: int = 0) -> list:
+    """Offsets 0, step, 2*step, ... while a window fits, plus one window flush with the far
+    edge when the strip left over is wider than `thresh_size`."""
+    starts = list(range(0, length - crop_size + 1, step))
+    if length - (starts[-1] + crop_size) > thresh_size:
+        starts.append(length - crop_size)
+    return starts
+
+
+def subimage_name(stem: str, index: int) -> str:
+    return f'{stem}_s{index:03d}.png'
+
+
+def _write_png(arr: np.ndarray, path: str, compress_level: int = 6) -> str:
+    """Write `arr` as a PNG unless `path` already holds exactly these pixels:
+    'written' or 'skipped'. Atomic, so an interrupted run never leaves a half-written file."""
+    if os.path.exists(path):
+        try:
+            with Image.open(path) as old:
+                if old.size == (arr.shape[1], arr.shape[0]) and np.array_equal(
+                        image_to_uint8(old), arr):
+                    return 'skipped'
+        except Exception:
+            pass  # unreadable leftover: overwrite it
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    atomic_write(path, lambda tmp: img.save(tmp, format='PNG', compress_level=compress_level))
+    return 'written'
+
+
+def extract_subimages(path: str, output: str, crop_size: int = 480, step: int = 240,
+                      thresh_size: int = 0, compress_level: int = 6) -> dict:
+    """Cut one image into crop_size windows saved as output/{stem}_s{index:03d}.png.
+
+    Returns counts {'written', 'skipped'} and 'warning' / 'error' (a line naming the file, or
+    None); never raises for a bad image, so that a folder run goes on."""
+    result = {'path': path, 'written': 0, 'skipped': 0, 'warning': None, 'error': None}
+    try:
+        arr = image_to_uint8(open_image(path))
+        h, w = arr.shape[:2]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if h < crop_size or w < crop_size:
+            result['warning'] = (f'{path}: {w}x{h} is smaller than the {crop_size}px crop, '
+                                 f'copied whole')
+            windows = [arr]
+        else:
+            windows = [arr[top:top + crop_size, left:left + crop_size]
+                       for top in window_starts(h, crop_size, step, thresh_size)
+                       for left in window_starts(w, crop_size, step, thresh_size)]
+        for index, win in enumerate(windows, 1):
+            out = os.path.join(output, subimage_name(stem, index))
+            result[_write_png(win, out, compress_level)] += 1
+    except ImageError as e:
+        result['error'] = str(e)
+    except Exception as e:  # a full disk, a permission: name the file, keep going
+        result['error'] = f'{path}: {type(e).__name__}: {e}'
+    return result
+
+
+def _extract_task(task: tuple) -> dict:
+    return extract_subimages(*task)
+
+
+def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, step: int = 240,
+                      thresh_size: int = 0, workers: int = None, compress_level: int = 6,
+                      progress: bool = True) -> dict:
+    """Cut every image under `input_dir` into sub-images in `output_dir`, in parallel.
+    Returns totals: images (read), written, skipped, failed, and the error lines."""
+    in_abs, out_abs = os.path.abspath(input_dir), os.path.abspath(output_dir)
+    if in_abs == out_abs:
+        raise ValueError(f'{output_dir}: the output folder must differ from the input folder')
+    # never re-cut earlier outputs when the output folder lies inside the input folder
+    paths = [p for p in list_images(input_dir)
+             if not os.path.abspath(p).startswith(out_abs + os.sep)]
+    totals = {'images': 0, 'written': 0, 'skipped': 0, 'failed': 0, 'errors': []}
+    seen = {}
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        if stem in seen:  # both would write {stem}_s001.png ...
+            totals['errors'].append(f'{p}: same name as {seen[stem]}, not processed')
+            print(f'error: {totals["errors"][-1]}', file=sys.stderr)
+        else:
+            seen[stem] = p
+    os.makedirs(output_dir, exist_ok=True)
+    tasks = [(p, output_dir, crop_size, step, thresh_size, compress_level)
+             for p in seen.values()]
+    if workers is None:  # the cores this process may use (fewer than cpu_count in containers)
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                   else os.cpu_count() or 1)
+    workers = max(1, min(workers, len(tasks)))
+    bar = tqdm(total=len(tasks), unit='img', disable=not progress, desc='sub-images')
+    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    try:
+        results = pool.imap_unordered(_extract_task, tasks) if pool else map(_extract_task, tasks)
+        for r in results:
+            bar.update()
+            if r['warning']:
+                tqdm.write(f'warning: {r["warning"]}', file=sys.stderr)
+            if r['error']:
+                totals['errors'].append(r['error'])
+                tqdm.write(f'error: {r["error"]}', file=sys.stderr)
+            else:
+                totals['images'] += 1
+            totals['written'] += r['written']
+            totals['skipped'] += r['skipped']
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+        bar.close()
+    totals['failed'] = len(totals['errors'])
+    return totals
+
+
+def main(argv=None) -> int:
+    """Sub-image preparation CLI; returns the exit code (1 when any image failed)."""
+    parser = argparse.ArgumentParser(
+        description='Cut training images (DIV2K) into overlapping sub-images, so that each '
+                    'training sample decodes a small PNG instead of a 2K one.')
+    parser.add_argument('--input', required=True, help='folder of HR images (searched recursively)')
+    parser.add_argument('--output', required=True, help='folder for the sub-images (PNG)')
+    parser.add_argument('--crop_size', type=int, default=480, help='sub-image side in pixels')
+    parser.add_argument('--step', type=int, default=240, help='stride between sub-images')
+    parser.add_argument('--thresh_size', type=int, default=0,
+                        help='add a window flush with the far edge only when the strip left '
+                             'over is wider than this')
+    parser.add_argument('--workers', type=int, default=None,
+                        help='processes (default: one per CPU core)')
+    parser.add_argument('--compress_level', type=int, default=6, choices=range(10),
+                        metavar='0-9', help='PNG zlib level: 6 (default) is ~12%% smaller and '
+                        '~8%% faster to decode than 3; 0 stores raw pixels: twice the disk, '
+                        '~1.7x faster to decode')
+    args = parser.parse_args(argv)
+    if args.crop_size < 1 or args.step < 1 or args.thresh_size < 0:
+        parser.error('--crop_size and --step must be positive, --thresh_size not negative')
+    if not os.path.isdir(args.input):
+        parser.error(f'{args.input}: input folder not found')
+    if os.path.abspath(args.input) == os.path.abspath(args.output):
+        parser.error(f'{args.output}: the output folder must differ from the input folder')
+    totals = prepare_subimages(args.input, args.output, args.crop_size, args.step,
+                               args.thresh_size, args.workers, args.compress_level)
+    print(f"{totals['images']} images read, {totals['written']} sub-images written, "
+          f"{totals['skipped']} skipped (already there), {totals['failed']} failed")
+    return 1 if totals['failed'] else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,3 +781,7 @@ def tiled_forward(model, lr: torch.Tensor, scale: int, tile: int = 0,
                 sr[..., (t0 - top) * scale:(t1 - top) * scale,
                    (l0 - left) * scale:(l1 - left) * scale]
     return out
+
+
+if __name__ == '__main__':
+    sys.exit(main())
