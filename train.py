@@ -518,6 +518,7 @@ def train_epoch(args, rt: Runtime, s: dict, loader, epoch: int, iters: int) -> d
             if rt.master:
                 shown = {k: f'{v:.4g}' for k, v in zip(sorted(losses), (sums / it).tolist())}
                 bar.set_postfix(shown)
+    bar.close()  # before any error message, so that it starts on a clean line
     if int(first_bad) >= 0:
         raise TrainingError(f'loss became NaN/inf at epoch {epoch}, iteration {int(first_bad)}; '
                             'stopped, the last good checkpoint is kept (try a lower --lr or '
@@ -530,8 +531,9 @@ def train_epoch(args, rt: Runtime, s: dict, loader, epoch: int, iters: int) -> d
 
 
 @torch.inference_mode()
-def validate(args, rt: Runtime, s: dict, epoch: int, num_samples: int = 3) -> dict:
-    """PSNR-Y / SSIM-Y on --validset_dir; saves a few SR/bicubic/HR images."""
+def validate(args, rt: Runtime, s: dict, epoch: int, num_samples: int = 3, tb=None) -> dict:
+    """PSNR-Y / SSIM-Y on --validset_dir; saves a few SR/bicubic/HR images (and logs the SR
+    ones to TensorBoard when `tb` is a SummaryWriter)."""
     model = s['ema'].model if s['ema'] is not None else utils.unwrap(s['G'])
     was_training = model.training
     model.eval()
@@ -555,6 +557,8 @@ def validate(args, rt: Runtime, s: dict, epoch: int, num_samples: int = 3) -> di
             utils.save_image(utils.imresize(lr, args.upscale_factor).clamp(0, 1),
                              os.path.join(out, f'{stem}_bicubic.png'))
             utils.save_image(hr, os.path.join(out, f'{stem}_hr.png'))
+            if tb is not None:
+                tb.add_image(f'valid/{stem}', sr, epoch)
     model.train(was_training)
     if not psnrs:
         return {}
@@ -562,14 +566,17 @@ def validate(args, rt: Runtime, s: dict, epoch: int, num_samples: int = 3) -> di
     return {'psnr_y': sum(finite) / len(finite), 'ssim_y': sum(ssims) / len(ssims)}
 
 
-def append_history(args, row: dict) -> None:
-    path = os.path.join(args.out_dir, 'history.csv')
-    new = not os.path.exists(path)
-    with open(path, 'a', newline='') as f:
-        w = csv.DictWriter(f, HISTORY_FIELDS, extrasaction='ignore')
-        if new:
+def write_history(args, history: list) -> None:
+    """history.csv rewritten whole from the run's history, atomically: after a resume (even from
+    an older epoch, or after a kill between this and the checkpoint) no epoch appears twice."""
+    def write(tmp: str) -> None:
+        with open(tmp, 'w', newline='') as f:
+            w = csv.DictWriter(f, HISTORY_FIELDS, extrasaction='ignore')
             w.writeheader()
-        w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items()})
+            for row in history:
+                w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)
+                            for k, v in row.items()})
+    utils.atomic_write(os.path.join(args.out_dir, 'history.csv'), write)
 
 
 def open_tensorboard(args, rt: Runtime):
@@ -623,11 +630,11 @@ def run(args, rt: Runtime) -> None:
         is_best = False
         if rt.master:
             if args.validset_dir and (epoch % args.val_every == 0 or epoch == args.epochs):
-                row.update(validate(args, rt, s, epoch))
+                row.update(validate(args, rt, s, epoch, tb=tb))
                 if row.get('psnr_y', -math.inf) > best:
                     best, is_best = row['psnr_y'], True
             history.append(row)
-            append_history(args, row)
+            write_history(args, history)
             save_all(args, s, epoch, history, best, is_best)
             if tb is not None:
                 for k, v in row.items():
