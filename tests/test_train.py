@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 import evaluate
-import test_image
 import train
 import utils
 from model import Discriminator
@@ -211,6 +210,7 @@ def test_resume_from_an_older_epoch_rewrites_history(data, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def test_evaluate_and_test_image_load_trained_weights(data, tmp_path, capsys):
+    import test_image  # here, so that the rest of this file does not depend on that script
     out = tmp_path / 'run'
     assert fit(data, out, '--amp', 'off', '--epochs', '1',
                '--validset_dir', str(data / 'valid')) == 0
