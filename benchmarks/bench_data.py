@@ -74,24 +74,34 @@ def random_loader(dataset, batch_size: int, workers: int):
     return utils.make_loader(dataset, batch_size, workers, sampler=sampler, seed=0)
 
 
-def patches_per_second(loader, seconds: float) -> float:
-    """Samples/s over about `seconds`, after one warm-up batch (worker start-up, imports)."""
-    batches = iter(loader)
-    next(batches)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        count += len(next(batches)[0])
-    return count / (time.perf_counter() - start)
+def patches_per_second(loaders: list, seconds: float, rounds: int = 3) -> list:
+    """Samples/s of each loader over about `seconds`, after one warm-up batch each (worker
+    start-up, imports). Single-process loaders take turns in `rounds` slices, so that a load
+    change on a shared machine hits them alike."""
+    batches = [iter(loader) for loader in loaders]
+    for b in batches:
+        next(b)
+    counts, spent = [0] * len(loaders), [0.0] * len(loaders)
+    for _ in range(rounds):
+        for k, b in enumerate(batches):
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds / rounds:
+                counts[k] += len(next(b)[0])
+            spent[k] += time.perf_counter() - start
+    return [c / s for c, s in zip(counts, spent)]
 
 
-def decode_ms(paths: list, decode, repeats: int = 3) -> float:
-    """Mean milliseconds per decode over `paths`, each decoded `repeats` times."""
-    decode(paths[0])
-    start = time.perf_counter()
+def decode_ms(paths: list, decoders: list, repeats: int = 15) -> list:
+    """Milliseconds per decode of each decoder over `paths`: passes alternate between the
+    decoders and the fastest pass counts (the least disturbed by other load)."""
+    best = [float('inf')] * len(decoders)
     for _ in range(repeats):
-        for p in paths:
-            decode(p)
-    return (time.perf_counter() - start) / (repeats * len(paths)) * 1e3
+        for k, decode in enumerate(decoders):
+            start = time.perf_counter()
+            for p in paths:
+                decode(p)
+            best[k] = min(best[k], (time.perf_counter() - start) / len(paths) * 1e3)
+    return best
 
 
 def compare_decoders(sub_dir: str, count: int = 12) -> None:
@@ -101,10 +111,10 @@ def compare_decoders(sub_dir: str, count: int = 12) -> None:
     for p in pngs:
         jpegs.append(p[:-4] + '.jpg')
         Image.open(p).save(jpegs[-1], quality=95)
+    pil = lambda p: utils.image_to_uint8(utils.open_image(p))  # noqa: E731
     for name, paths in (('PNG', pngs), ('JPEG q95', jpegs)):
-        pil = decode_ms(paths, lambda p: utils.image_to_uint8(utils.open_image(p)))
-        tv = decode_ms(paths, utils.read_uint8)
-        print(f'decode 480x480 {name:8s}: PIL {pil:5.2f} ms, torchvision {tv:5.2f} ms '
+        pil_ms, tv_ms = decode_ms(paths, [pil, utils.read_uint8])
+        print(f'decode 480x480 {name:8s}: PIL {pil_ms:5.2f} ms, torchvision {tv_ms:5.2f} ms '
               f'(same pixels: tests/test_data.py)')
     for p in jpegs:
         os.remove(p)
@@ -135,7 +145,7 @@ def main(argv=None) -> int:
                         help='training images/s to feed (default: from bench_train.py, if any)')
     args = parser.parse_args(argv)
     # One intra-op thread, as in a DataLoader worker: per-sample tensors are tiny, and on a
-    # busy machine threads waiting for each other made the single-process figures swing 5x.
+    # busy machine threads waiting for each other made the single-process figures swing 6x.
     torch.set_num_threads(1)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,12 +159,14 @@ def main(argv=None) -> int:
               f'-> {totals["written"]} sub-images 480x480 (PNG level {args.compress_level}); '
               f'batch {args.batch_size}, x4, 96px crops')
 
-        baseline = patches_per_second(
-            random_loader(BaselineTrainSet(paths), args.batch_size, 0), args.seconds)
         compare_decoders(sub_dir)
         dataset = utils.TrainSet(sub_dir, upscale_factor=4, crop_size=96)
-        ours = patches_per_second(random_loader(dataset, args.batch_size, 0), args.seconds)
-        one_worker = patches_per_second(random_loader(dataset, args.batch_size, 1), args.seconds)
+        baseline, ours = patches_per_second(
+            [random_loader(BaselineTrainSet(paths), args.batch_size, 0),
+             random_loader(dataset, args.batch_size, 0)], args.seconds)
+        # alone: a worker keeps prefetching while it is not being timed
+        one_worker, = patches_per_second([random_loader(dataset, args.batch_size, 1)],
+                                         args.seconds, rounds=1)
     print(f'(a) baseline, PIL decode of the 2K PNG per sample: {baseline:8.1f} patches/s')
     print(f'(b) TrainSet on 480px sub-images:                  {ours:8.1f} patches/s')
     print(f'ratio (b)/(a): {ours / baseline:.1f}x   (single process, workers=0)')
