@@ -146,20 +146,30 @@ class FeatureExtractor(nn.Module):
     def __init__(self, weights: str = 'imagenet'):
         super().__init__()
         from torchvision.models import vgg19
-        vgg = vgg19(weights=None)
+        state = None
         if weights == 'random':
             warnings.warn('FeatureExtractor uses RANDOM VGG19 weights: the perceptual loss is '
                           'meaningless; use this for smoke tests only', stacklevel=2)
-        else:
+        else:  # fetch and check the weights first, so a bad path fails fast
             state = _vgg19_state_dict(weights)
-            features = {k[len('features.'):]: v for k, v in state.items()
-                        if k.startswith('features.')} or state
-            try:
-                vgg.features.load_state_dict(features)
-            except RuntimeError as e:
-                raise VGGWeightsError(f'{weights}: does not match torchvision VGG19 '
-                                      f'({str(e).splitlines()[0]})') from None
-        self.features = vgg.features[:36]  # conv1_1 ... relu5_4
+            state = {k[len('features.'):]: v for k, v in state.items()
+                     if k.startswith('features.')} or state
+        # Only the convolutional part is needed: build VGG19 on the meta device (no memory,
+        # no 102M-parameter classifier to initialise), keep conv1_1 ... relu5_4.
+        with torch.device('meta'):
+            features = vgg19(weights=None).features[:36]
+        self.features = features.to_empty(device='cpu')
+        if state is None:
+            for m in self.features.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.reset_parameters()
+        else:
+            missing, unexpected = self.features.load_state_dict(
+                {k: v for k, v in state.items()
+                 if not (k.split('.')[0].isdigit() and int(k.split('.')[0]) >= 36)}, strict=False)
+            if missing or unexpected:
+                raise VGGWeightsError(f'{weights}: not VGG19 features weights (missing '
+                                      f'{missing[:2]}, unexpected {unexpected[:2]})')
         self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         self.requires_grad_(False)
