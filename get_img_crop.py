@@ -1,0 +1,412 @@
+"""Cut the same regions out of several versions of an image (LR | bicubic | SR | GT) and put
+them side by side.
+
+    python get_img_crop.py --image results/baby/lr_baby.png results/baby/sr_baby.png \\
+        results/baby/hr_baby.png --labels "Low Res,SRGAN,Ground Truth"
+    python get_img_crop.py --image a.png b.png --box 10,20,32,32 --box 60,8,24,24
+    python get_img_crop.py --image a.png b.png --coords a_coords.json
+
+Boxes come from --coords (a JSON file this script saved earlier), from --box X,Y,W,H
+(repeatable), or, when neither is given, from a window showing the first image: drag to draw
+boxes, Enter to finish, Escape to cancel. Boxes are in the first image's pixels and are scaled
+by the size ratio for images of other sizes (an x4 SR next to its LR), so the same region is cut
+from each. Selected boxes are saved to {stem}_coords.json next to the first image.
+
+Writes, next to each image NAME: {i}_crop_NAME (patch i, framed in its box colour) and
+annotated_NAME (the image with every box drawn); and comparison_{i}.png (one per box, the
+patches of all images side by side, labelled) next to the first image or in --out_dir.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+from PIL import Image, ImageColor, ImageDraw, ImageFont
+
+from utils import ImageError, load_image, to_uint8
+
+# Distinct colours for boxes 0, 1, 2, ... (repeats after the last).
+PALETTE = ('#e6194b', '#3cb44b', '#4363d8', '#ffe119', '#f032e6', '#42d4f4', '#f58231',
+           '#911eb4', '#bfef45', '#fabed4')
+WINDOW_TITLE = 'get_img_crop: select boxes'
+HINT = 'Drag to draw a box (as many as you like).  Enter: done   Backspace: undo   Escape: cancel'
+GAP = 8             # pixels between and around the patches of a comparison picture
+LABEL_HEIGHT = 28   # the caption strip under each patch
+MIN_DISPLAY = 160   # patches smaller than this are enlarged (nearest neighbour) in comparisons
+CROP_BORDER = 2     # width of the coloured frame around each saved patch
+
+
+class CropError(Exception):
+    """Bad boxes, coordinates file or arguments; str() is the one-line message."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Boxes
+# ---------------------------------------------------------------------------------------------
+
+def parse_box(text: str) -> tuple:
+    """'X,Y,W,H' -> (x, y, w, h) integers, w and h positive."""
+    try:
+        box = tuple(int(v) for v in text.split(','))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise CropError(f'--box {text}: expected X,Y,W,H (integers, W and H positive)')
+    return box
+
+
+def check_box(box: tuple, size: tuple, where: str) -> None:
+    """Raise CropError unless `box` lies inside an image of `size` (w, h)."""
+    x, y, w, h = box
+    if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > size[0] or y + h > size[1]:
+        raise CropError(f'{where}: box {x},{y},{w},{h} is not inside the '
+                        f'{size[0]}x{size[1]} image')
+
+
+def scale_box(box: tuple, src_size: tuple, dst_size: tuple) -> tuple:
+    """A box in an image of src_size (w, h) mapped to the same region of one of dst_size."""
+    sx, sy = dst_size[0] / src_size[0], dst_size[1] / src_size[1]
+    x0, y0 = round(box[0] * sx), round(box[1] * sy)
+    x1, y1 = round((box[0] + box[2]) * sx), round((box[1] + box[3]) * sy)
+    x0, y0 = min(max(x0, 0), dst_size[0] - 1), min(max(y0, 0), dst_size[1] - 1)
+    x1, y1 = min(max(x1, x0 + 1), dst_size[0]), min(max(y1, y0 + 1), dst_size[1])
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def coords_path(image_path: str) -> str:
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return os.path.join(os.path.dirname(image_path), f'{stem}_coords.json')
+
+
+def default_colors(n: int) -> list:
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+def save_coords(path: str, image_path: str, size: tuple, boxes: list, colors: list) -> None:
+    head = {'image': os.path.basename(image_path), 'size': list(size)}
+    rows = [json.dumps({'box': list(b), 'color': c}) for b, c in zip(boxes, colors)]
+    # one box per line: readable, and diffs of edited files stay small
+    text = json.dumps(head)[:-1] + ', "boxes": [\n  ' + ',\n  '.join(rows) + '\n]}\n'
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_coords(path: str, size: tuple) -> tuple:
+    """(boxes, colours) from a coords file, the boxes scaled from the image size it records
+    to `size`."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CropError(f'{path}: file not found') from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CropError(f'{path}: not a JSON coords file ({e})') from None
+    try:
+        src_size = tuple(int(v) for v in data['size'])
+        boxes = [tuple(int(v) for v in b['box']) for b in data['boxes']]
+        colors = [b.get('color', default) for b, default
+                  in zip(data['boxes'], default_colors(len(boxes)))]
+        if len(src_size) != 2 or min(src_size) <= 0 or not boxes:
+            raise ValueError
+        for b, c in zip(boxes, colors):
+            if len(b) != 4:
+                raise ValueError
+            check_box(b, src_size, path)
+            ImageColor.getrgb(c)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CropError(f'{path}: not a coords file (expected {{"size": [W, H], "boxes": '
+                        '[{"box": [X, Y, W, H]}, ...]}, as this script saves)') from None
+    return [scale_box(b, src_size, size) for b in boxes], colors
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and drawings
+# ---------------------------------------------------------------------------------------------
+
+def read_rgb(path: str) -> Image.Image:
+    """An RGB PIL image of any input utils.load_image reads (16-bit, EXIF orientation ...);
+    transparency is shown over white. Raises ImageError."""
+    try:
+        rgb, alpha = load_image(path)
+    except ImageError:
+        raise
+    except Exception as e:  # rarer Pillow exceptions on corrupt files
+        raise ImageError(f'{path}: unreadable image ({type(e).__name__})') from None
+    if alpha is not None:
+        rgb = rgb * alpha + (1 - alpha)
+    return Image.fromarray(to_uint8(rgb))
+
+
+def line_width(size: tuple) -> int:
+    return max(1, round(min(size) / 200))
+
+
+def annotate(img: Image.Image, boxes: list, colors: list) -> Image.Image:
+    """A copy of `img` with every box outlined in its colour."""
+    out = img.copy()
+    draw = ImageDraw.Draw(out)
+    width = line_width(img.size)
+    for (x, y, w, h), color in zip(boxes, colors):
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=color, width=width)
+    return out
+
+
+def framed_patch(img: Image.Image, box: tuple, color: str) -> Image.Image:
+    """The patch under `box` with a CROP_BORDER frame of `color` around it."""
+    x, y, w, h = box
+    patch = img.crop((x, y, x + w, y + h))
+    framed = Image.new('RGB', (w + 2 * CROP_BORDER, h + 2 * CROP_BORDER), color)
+    framed.paste(patch, (CROP_BORDER, CROP_BORDER))
+    return framed
+
+
+def display_size(patch_sizes: list) -> tuple:
+    """The common size of the patches in a comparison picture: the largest patch, enlarged by
+    a whole factor when it is narrower than MIN_DISPLAY."""
+    w = max(s[0] for s in patch_sizes)
+    h = max(s[1] for s in patch_sizes)
+    factor = max(1, math.ceil(MIN_DISPLAY / w))
+    return w * factor, h * factor
+
+
+def label_font(size: int = 16):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def comparison(patches: list, labels: list) -> Image.Image:
+    """Patches side by side at one display size (nearest neighbour), each captioned."""
+    dw, dh = display_size([p.size for p in patches])
+    n = len(patches)
+    out = Image.new('RGB', (n * dw + (n + 1) * GAP, dh + LABEL_HEIGHT + 2 * GAP), 'white')
+    draw = ImageDraw.Draw(out)
+    font = label_font()
+    for k, (patch, label) in enumerate(zip(patches, labels)):
+        left = GAP + k * (dw + GAP)
+        out.paste(patch.resize((dw, dh), Image.Resampling.NEAREST), (left, GAP))
+        text = label
+        while text and draw.textlength(text, font=font) > dw:  # shorten to fit the column
+            text = text[:-1]
+        tw = draw.textlength(text, font=font)
+        draw.text((left + (dw - tw) / 2, GAP + dh + 4), text, fill='black', font=font)
+    return out
+
+
+def save(img: Image.Image, path: str) -> str:
+    """Save by extension (PNG where Pillow cannot write it) via a temporary file; returns
+    the path written."""
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        path, fmt = os.path.splitext(path)[0] + '.png', 'PNG'
+    tmp = os.path.join(os.path.dirname(path) or '.', '.tmp_' + os.path.basename(path))
+    img.save(tmp, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {}))
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Interactive selection (tkinter from the standard library, Pillow's ImageTk)
+# ---------------------------------------------------------------------------------------------
+
+def window_scale(img_size: tuple, screen_size: tuple) -> float:
+    """Display scale of the image in the selection window: shrink to fit 90% of the screen,
+    enlarge small images by a whole factor (at most 4) so boxes are easy to draw."""
+    fit = min(0.9 * screen_size[0] / img_size[0], 0.85 * screen_size[1] / img_size[1])
+    if fit >= 2:
+        return float(min(4, math.floor(fit)))
+    return min(1.0, fit)
+
+
+def select_boxes(img: Image.Image, name: str) -> list:
+    """Let the user drag boxes on `img`; returns them in image pixels ([] if cancelled).
+    Raises CropError when no window can be opened."""
+    try:
+        import tkinter as tk
+        from PIL import ImageTk
+        root = tk.Tk()
+    except Exception as e:  # no display, or Python built without Tk
+        raise CropError(f'cannot open a window to select boxes ({str(e).splitlines()[0]}); '
+                        'pass --box X,Y,W,H (repeatable) or --coords FILE') from None
+    root.title(f'{WINDOW_TITLE} ({name})')
+    scale = window_scale(img.size, (root.winfo_screenwidth(), root.winfo_screenheight()))
+    shown = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                       Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+    print(f'select boxes in the window: {name} shown at scale {scale:g}', flush=True)
+    # the image at the window's top-left corner (window pixel = canvas pixel), the hint below
+    canvas = tk.Canvas(root, width=shown.width, height=shown.height, highlightthickness=0,
+                       borderwidth=0, cursor='crosshair')
+    canvas.pack(anchor='nw')
+    tk.Label(root, text=HINT, anchor='w', justify='left',
+             wraplength=max(shown.width, 320)).pack(anchor='nw', fill='x')
+    photo = ImageTk.PhotoImage(shown)
+    canvas.create_image(0, 0, image=photo, anchor='nw')
+    boxes, drawn, state = [], [], {'start': None, 'rubber': None, 'done': False}
+
+    def to_image(v: float, limit: int) -> int:
+        return min(max(round(v / scale), 0), limit)
+
+    def press(event):
+        state['start'] = (event.x, event.y)
+        color = PALETTE[len(boxes) % len(PALETTE)]
+        state['rubber'] = canvas.create_rectangle(event.x, event.y, event.x, event.y,
+                                                  outline=color, width=2)
+
+    def drag(event):
+        if state['start']:
+            canvas.coords(state['rubber'], *state['start'], event.x, event.y)
+
+    def release(event):
+        if not state['start']:
+            return
+        (xa, ya), (xb, yb) = state['start'], (event.x, event.y)
+        state['start'] = None
+        x0, x1 = to_image(min(xa, xb), img.width), to_image(max(xa, xb), img.width)
+        y0, y1 = to_image(min(ya, yb), img.height), to_image(max(ya, yb), img.height)
+        if x1 - x0 < 1 or y1 - y0 < 1:  # a click, not a drag
+            canvas.delete(state['rubber'])
+            return
+        boxes.append((x0, y0, x1 - x0, y1 - y0))
+        drawn.append(state['rubber'])
+
+    def undo(_event):
+        if boxes:
+            boxes.pop()
+            canvas.delete(drawn.pop())
+
+    def finish(_event=None):
+        state['done'] = True
+        root.destroy()
+
+    def cancel(_event=None):
+        root.destroy()
+
+    canvas.bind('<ButtonPress-1>', press)
+    canvas.bind('<B1-Motion>', drag)
+    canvas.bind('<ButtonRelease-1>', release)
+    root.bind('<Return>', finish)
+    root.bind('<KP_Enter>', finish)
+    root.bind('<BackSpace>', undo)
+    root.bind('<Escape>', cancel)
+    root.protocol('WM_DELETE_WINDOW', cancel)
+    root.focus_force()
+    root.mainloop()
+    return boxes if state['done'] else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def write_crops(path: str, img: Image.Image, boxes: list, colors: list,
+                first_size: tuple) -> list:
+    """Write {i}_crop_NAME and annotated_NAME next to `path`; returns the bare patches."""
+    scaled = [scale_box(b, first_size, img.size) for b in boxes]
+    folder, name = os.path.split(path)
+    for i, (box, color) in enumerate(zip(scaled, colors)):
+        save(framed_patch(img, box, color), os.path.join(folder, f'{i}_crop_{name}'))
+    save(annotate(img, scaled, colors), os.path.join(folder, f'annotated_{name}'))
+    print(f'{path}: {img.width}x{img.height}, {len(scaled)} patch(es)')
+    return [img.crop((x, y, x + w, y + h)) for x, y, w, h in scaled]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description='Cut matching patches out of several images and '
+                                            'compare them side by side.')
+    p.add_argument('--image', nargs='+', required=True,
+                   help='images to crop; boxes are given in the first one\'s pixels')
+    p.add_argument('--coords', help='JSON coords file saved by an earlier run')
+    p.add_argument('--box', action='append', default=[], metavar='X,Y,W,H',
+                   help='a box in the first image (repeatable)')
+    p.add_argument('--labels', help='comma-separated captions, one per image '
+                                    '(default: the file names without extension)')
+    p.add_argument('--out_dir', help='folder for the comparison pictures (default: the first '
+                                     'image\'s folder)')
+    return p.parse_args(argv)
+
+
+def error(msg: str) -> None:
+    print(f'error: {msg}', file=sys.stderr, flush=True)
+
+
+def get_boxes(args: argparse.Namespace, first: Image.Image) -> tuple:
+    """(boxes in the first image's pixels, their colours), from --coords, --box or the
+    window."""
+    if args.coords and args.box:
+        raise CropError('give either --coords or --box, not both')
+    if args.coords:
+        return load_coords(args.coords, first.size)
+    if args.box:
+        boxes = [parse_box(b) for b in args.box]
+        for text, b in zip(args.box, boxes):
+            check_box(b, first.size, f'--box {text}')
+    else:
+        boxes = select_boxes(first, os.path.basename(args.image[0]))
+        if not boxes:
+            raise CropError('no boxes selected (cancelled); nothing written')
+    colors = default_colors(len(boxes))
+    path = coords_path(args.image[0])
+    try:
+        save_coords(path, args.image[0], first.size, boxes, colors)
+    except OSError as e:
+        raise CropError(f'{path}: cannot save the boxes ({e})') from None
+    print(f'saved {len(boxes)} box(es) to {path}')
+    return boxes, colors
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    labels = ([s.strip() for s in args.labels.split(',')] if args.labels else
+              [os.path.splitext(os.path.basename(p))[0] for p in args.image])
+    if len(labels) != len(args.image):
+        error(f'--labels gives {len(labels)} label(s) for {len(args.image)} image(s)')
+        return 2
+    images, failed = {}, 0
+    for path in args.image:
+        try:
+            images[path] = read_rgb(path)
+        except ImageError as e:
+            error(str(e))
+            failed += 1
+    first = args.image[0]
+    if first not in images:
+        return 1
+    try:
+        boxes, colors = get_boxes(args, images[first])
+    except CropError as e:
+        error(str(e))
+        return 1
+
+    patches = [[] for _ in boxes]
+    kept_labels = []
+    for path, label in zip(args.image, labels):
+        if path not in images:
+            continue
+        try:
+            row = write_crops(path, images[path], boxes, colors, images[first].size)
+        except OSError as e:
+            error(f'{path}: cannot write its crops ({e})')
+            failed += 1
+            continue
+        for i, patch in enumerate(row):
+            patches[i].append(patch)
+        kept_labels.append(label)
+    out_dir = args.out_dir or os.path.dirname(first) or '.'
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        for i, row in enumerate(patches):
+            out = save(comparison(row, kept_labels), os.path.join(out_dir, f'comparison_{i}.png'))
+            print(f'wrote {out}')
+    except OSError as e:
+        error(f'{out_dir}: cannot write the comparison pictures ({e})')
+        return 1
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

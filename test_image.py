@@ -1,0 +1,374 @@
+"""Super-resolve one image, or every image in a folder, with a trained SRResNet/SRGAN generator.
+
+    python test_image.py --image photo.jpg --weight weights/srgan_x4.pth
+    python test_image.py --image data/Set5 --weight weights/srresnet_x4.pth --downsample bicubic
+
+For each input NAME it writes, under {out_dir}/{stem}/:
+    sr_NAME        the super-resolved image
+    bicubic_NAME   the network input upscaled with bicubic, for comparison
+    lr_NAME        the input actually fed to the network
+    hr_NAME        (--downsample bicubic only) the ground truth the metrics compare against
+The format follows NAME's extension (PNG when Pillow cannot write that format).
+
+With --downsample bicubic the input is first cropped to a multiple of the scale and shrunk with
+the project's degradation (utils.downscale), so the original is the ground truth, and PSNR/SSIM
+of bicubic and SR are printed (the same pipeline and metrics as evaluate.py).
+
+Inference is tiled (bounded memory; the overlap makes tiles agree with a whole-image run),
+BatchNorm is folded into the convolutions, activations are channels_last, and bf16 autocast is
+used where the hardware supports it (--amp auto).
+"""
+import argparse
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+from model import Generator, fuse_batchnorm
+from utils import (CheckpointError, ImageError, downscale, image_metrics, imresize,
+                   list_images, load_generator, load_image, modcrop, save_image, tiled_forward)
+
+DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
+                              'srgan_x4.pth')
+# LR pixels each tile shares with its neighbours on every side. SRResNet's receptive field
+# reaches ~40 LR pixels, but in a trained network far pixels matter little. Measured with the
+# shipped weights, tiles of 2 * overlap + 48 against the whole image, rounded to 8 bits: with
+# overlap 8 SRGAN differs by up to 9/255; with 12 and 16 by 1/255 at up to 2000 and 130 values;
+# with 24 by 1/255 at 4 values at most (fp32). bf16 runs differ by 1/255 at <1% of the values
+# for any overlap from 12 on (bf16 rounding of the activations), never by more. CUDA fp32, bf16
+# and fp16 (a quickly trained network): at most 1/255 from 12 on.
+DEFAULT_OVERLAP = 24
+# Activation memory one tile may use on the CPU; on CUDA a quarter of the free memory.
+CPU_TILE_BUDGET = 1 << 30
+BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, normalised
+
+
+# ---------------------------------------------------------------------------------------------
+# Device, precision and the inference model
+# ---------------------------------------------------------------------------------------------
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            info = f.read()
+    except OSError:
+        return False
+    return re.search(r'\b(amx_bf16|avx512_bf16)\b', info) is not None
+
+
+def autocast_dtype(amp: str, device: torch.device):
+    """The autocast dtype for --amp on `device`, or None for fp32. Raises ValueError."""
+    if amp == 'off':
+        return None
+    if amp == 'fp16':
+        if device.type != 'cuda':
+            raise ValueError('--amp fp16 needs --cuda (fp16 is slow and inaccurate on the CPU)')
+        return torch.float16
+    if amp == 'bf16':
+        if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+            raise ValueError('--amp bf16: this GPU does not support bfloat16')
+        return torch.bfloat16
+    if device.type == 'cuda':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def inference_model(generator: Generator, device: torch.device) -> nn.Module:
+    """The generator as run for inference: BatchNorm folded into the convolutions, eval
+    mode, no gradients, channels_last weights on `device` (oneDNN's and cuDNN's fast
+    layout for these convolutions)."""
+    model = fuse_batchnorm(generator).to(device).eval().requires_grad_(False)
+    return model.to(memory_format=torch.channels_last)
+
+
+def max_tile(scale: int, device: torch.device, dtype=None) -> int:
+    """The largest tile side (LR pixels) whose activations fit the memory budget."""
+    if device.type == 'cuda':
+        budget = torch.cuda.mem_get_info(device)[0] // 4
+    else:
+        budget = CPU_TILE_BUDGET
+    elem = 4 if dtype is None else 2
+    # Peak: two 64-channel maps at the output resolution (upsampler output and its
+    # activation) plus a few 64-channel LR maps; x1.5 for allocator slack and workspaces.
+    per_pixel = (128 * scale ** 2 + 256) * elem * 1.5
+    return max(64, int(math.sqrt(budget / per_pixel)) // 8 * 8)
+
+
+def pick_tile(h: int, w: int, largest: int, overlap: int) -> int:
+    """Tile side for an h x w LR image: 0 (whole image) when it fits in `largest`, else the
+    smallest tile that covers it with as many tiles as `largest` would need (less overlap
+    work than cutting `largest`-sized tiles and a thin one at the end)."""
+    if h <= largest and w <= largest:
+        return 0
+    step = largest - 2 * overlap
+
+    def side(length: int) -> int:
+        n = max(1, math.ceil((length - 2 * overlap) / step))
+        return math.ceil((length + 2 * overlap * (n - 1)) / n)
+
+    return max(side(h), side(w))
+
+
+def super_resolve(model: nn.Module, lr: torch.Tensor, scale: int, tile: int, overlap: int,
+                  dtype=None) -> torch.Tensor:
+    """(3, h, w) LR in [0, 1] -> (3, h*scale, w*scale) float32 on the CPU, unclamped."""
+    device = next(model.parameters()).device
+    x = lr[None].to(device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
+                                                enabled=dtype is not None):
+        sr = tiled_forward(model, x, scale, tile, overlap)
+    return sr[0].float().cpu()
+
+
+def bicubic_upscale(x: torch.Tensor, scale: int, block: int = 256) -> torch.Tensor:
+    """utils.imresize(x, scale) for an integer scale, computed in blocks of `block` input
+    pixels: the same values, but imresize's dense (out x in) resize matrices stay small for
+    large images (a 4000-pixel side would need a 512 MB matrix)."""
+    h, w = x.shape[-2:]
+    if max(h, w) <= block:
+        return imresize(x, scale)
+    margin = 4  # input pixels of context: the bicubic kernel reaches 2 pixels
+    out = x.new_empty(*x.shape[:-2], h * scale, w * scale)
+    for top in range(0, h, block):
+        for left in range(0, w, block):
+            t0, l0 = max(top - margin, 0), max(left - margin, 0)
+            bottom, right = min(top + block, h), min(left + block, w)
+            y = imresize(x[..., t0:min(bottom + margin, h), l0:min(right + margin, w)], scale)
+            out[..., top * scale:bottom * scale, left * scale:right * scale] = \
+                y[..., (top - t0) * scale:(bottom - t0) * scale,
+                  (left - l0) * scale:(right - l0) * scale]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One image
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    scale: int
+    out_dir: str = 'results'
+    downsample: bool = False
+    tile: int = None          # None: pick from the image size and device; 0: whole image
+    overlap: int = DEFAULT_OVERLAP
+    dtype: torch.dtype = None  # autocast dtype, None for fp32
+
+
+def read_image(path: str) -> tuple:
+    """utils.load_image, with every failure (also the rarer exceptions Pillow raises on
+    corrupt files) as an ImageError naming the file."""
+    try:
+        return load_image(path)
+    except ImageError:
+        raise
+    except Exception as e:
+        detail = (str(e).strip().splitlines() or [''])[0]
+        raise ImageError(f'{path}: unreadable image ({type(e).__name__}: {detail})') from None
+
+
+def is_grayscale(rgb: torch.Tensor) -> bool:
+    return torch.equal(rgb[0], rgb[1]) and torch.equal(rgb[0], rgb[2])
+
+
+def to_grayscale(rgb: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma in all three channels: the Y that utils' metrics see is unchanged."""
+    luma = sum(wt * ch for wt, ch in zip(BT601_LUMA, rgb))
+    return luma.expand(3, -1, -1).contiguous()
+
+
+def output_name(prefix: str, name: str) -> str:
+    """prefix + name, with a .png extension when Pillow cannot write name's format."""
+    stem, ext = os.path.splitext(name)
+    fmt = Image.registered_extensions().get(ext.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        ext = '.png'
+    return f'{prefix}{stem}{ext}'
+
+
+def process_image(path: str, model: nn.Module, opts: Options) -> dict:
+    """Super-resolve one file and write its outputs; returns what to report.
+
+    Raises ImageError (one line naming the file) for input that cannot be used."""
+    s = opts.scale
+    rgb, alpha = read_image(path)
+    gray = is_grayscale(rgb)
+    hr = hr_alpha = None
+    if opts.downsample:
+        hr = modcrop(rgb, s)
+        hr_alpha = None if alpha is None else modcrop(alpha, s)
+        h, w = hr.shape[-2:]
+        if min(h, w) < 11 + 2 * s:  # SSIM's 11x11 window after cropping `s` border pixels
+            raise ImageError(f'{path}: {rgb.shape[2]}x{rgb.shape[1]} is too small for '
+                             f'--downsample bicubic at x{s} (needs at least {11 + 2 * s} px)')
+        lr = downscale(hr, s)
+        lr_alpha = None if alpha is None else downscale(hr_alpha, s)
+    else:
+        lr, lr_alpha = rgb, alpha
+    h, w = lr.shape[-2:]
+    tile = opts.tile
+    if tile is None:
+        device = next(model.parameters()).device
+        tile = pick_tile(h, w, max_tile(s, device, opts.dtype), opts.overlap)
+
+    start = time.perf_counter()
+    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype)
+    seconds = time.perf_counter() - start
+    bicubic = bicubic_upscale(lr, s)
+    if gray:  # the network tints grey input slightly; bicubic keeps it grey by itself
+        sr = to_grayscale(sr)
+    sr_alpha = None if lr_alpha is None else bicubic_upscale(lr_alpha, s).clamp(0, 1)
+
+    name = os.path.basename(path)
+    folder = os.path.join(opts.out_dir, os.path.splitext(name)[0])
+    outputs = [(sr, 'sr_', sr_alpha), (bicubic, 'bicubic_', sr_alpha), (lr, 'lr_', lr_alpha)]
+    if hr is not None:
+        outputs.append((hr, 'hr_', hr_alpha))
+    written = []
+    for image, prefix, a in outputs:
+        out = os.path.join(folder, output_name(prefix, name))
+        try:
+            save_image(image, out, alpha=a)
+        except OSError as e:
+            raise ImageError(f'{out}: cannot write ({e})') from None
+        written.append(out)
+
+    metrics = None
+    if hr is not None:
+        metrics = {'bicubic': image_metrics(bicubic, hr, s), 'sr': image_metrics(sr, hr, s)}
+    return {'path': path, 'in_size': (w, h), 'out_size': (w * s, h * s), 'tile': tile,
+            'seconds': seconds, 'metrics': metrics, 'outputs': written}
+
+
+def format_metrics(m: dict) -> str:
+    return (f"PSNR-Y {m['psnr_y']:6.2f} dB  SSIM-Y {m['ssim_y']:.4f}  "
+            f"PSNR-YCbCr {m['psnr_ycbcr']:6.2f} dB  SSIM-YCbCr {m['ssim_ycbcr']:.4f}")
+
+
+def report(result: dict) -> None:
+    (w, h), (ow, oh) = result['in_size'], result['out_size']
+    sec = result['seconds']
+    tiles = f", tiles of {result['tile']}" if result['tile'] else ''
+    print(f"{os.path.basename(result['path'])}: {w}x{h} -> {ow}x{oh}, {sec:.2f} s, "
+          f"{ow * oh / 1e6 / max(sec, 1e-9):.2f} MP/s{tiles}", flush=True)
+    if result['metrics']:
+        print(f"  bicubic  {format_metrics(result['metrics']['bicubic'])}")
+        print(f"  SR       {format_metrics(result['metrics']['sr'])}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description='Super-resolve an image or a folder of images.')
+    p.add_argument('--image', required=True, help='input image, or a folder of images')
+    p.add_argument('--upscale_factor', type=int, choices=[2, 4, 8], default=None,
+                   help='super resolution upscale factor (default: the one the weights '
+                        'file records; an explicit value must agree with it)')
+    p.add_argument('--weight', default=None,
+                   help='generator weights file, or a bare generator state_dict '
+                        '(default: weights/srgan_x4.pth)')
+    p.add_argument('--downsample', choices=['None', 'none', 'bicubic'], default='None',
+                   help='bicubic: shrink the input first and compare against it (metrics)')
+    p.add_argument('--cuda', action='store_true', help='run on the GPU')
+    p.add_argument('--out_dir', default='results', help='output folder (default: results)')
+    p.add_argument('--tile', type=int, default=None,
+                   help='tile side in LR pixels; 0 = whole image (default: from the image '
+                        'size and the device memory)')
+    p.add_argument('--tile_overlap', type=int, default=DEFAULT_OVERLAP,
+                   help=f'LR pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP})')
+    p.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='auto',
+                   help='autocast: auto = bf16 where the GPU/CPU supports it, else fp32')
+    return p.parse_args(argv)
+
+
+def error(msg: str) -> None:
+    print(f'error: {msg}', file=sys.stderr, flush=True)
+
+
+def input_files(image: str) -> list:
+    """The files to process: `image` itself, or the images directly inside that folder."""
+    if os.path.isdir(image):
+        paths = list_images(image, recursive=False)
+        if not paths:
+            raise ImageError(f'{image}: no images (png, jpg, jpeg, bmp, webp, tif) in this '
+                             'folder')
+        return paths
+    return [image]  # a missing or bad file is reported by process_image
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
+    weight = args.weight or DEFAULT_WEIGHT
+    if args.weight is None and not os.path.isfile(weight):
+        raise CheckpointError(f'{weight}: the default weights file is not there; pass '
+                              '--weight FILE with a weights file from train.py (or the '
+                              "original project's generator state_dict)")
+    return load_generator(weight, args.upscale_factor, device)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.cuda and not torch.cuda.is_available():
+        error('--cuda: no CUDA device is available (leave out --cuda to run on the CPU)')
+        return 2
+    device = torch.device('cuda' if args.cuda else 'cpu')
+    if args.tile is not None and args.tile != 0 and args.tile <= 2 * args.tile_overlap:
+        error(f'--tile {args.tile} must be 0 or larger than twice --tile_overlap '
+              f'({args.tile_overlap})')
+        return 2
+    if args.tile_overlap < 0:
+        error('--tile_overlap must not be negative')
+        return 2
+    try:
+        dtype = autocast_dtype(args.amp, device)
+        paths = input_files(args.image)
+        generator = load_model(args, device)
+    except (ValueError, ImageError, CheckpointError) as e:
+        error(str(e))
+        return 1
+    model = inference_model(generator, device)
+    cfg = generator.config
+    opts = Options(scale=cfg['upscale_factor'], out_dir=args.out_dir,
+                   downsample=args.downsample == 'bicubic', tile=args.tile,
+                   overlap=args.tile_overlap, dtype=dtype)
+    precision = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[dtype]
+    print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks) on {device}, "
+          f"{precision}, {len(paths)} image(s) -> {args.out_dir}", flush=True)
+
+    failed, results = [], []
+    for path in paths:
+        try:
+            result = process_image(path, model, opts)
+        except ImageError as e:
+            error(str(e))
+            failed.append(path)
+            continue
+        except torch.OutOfMemoryError:
+            error(f'{path}: out of memory; try a smaller --tile')
+            failed.append(path)
+            continue
+        report(result)
+        results.append(result)
+
+    measured = [r['metrics'] for r in results if r['metrics']]
+    if len(measured) > 1:
+        print(f'mean over {len(measured)} images:')
+        for method in ('bicubic', 'sr'):
+            mean = {k: sum(m[method][k] for m in measured) / len(measured)
+                    for k in measured[0][method]}
+            print(f"  {'bicubic' if method == 'bicubic' else 'SR':8} {format_metrics(mean)}")
+    if failed:
+        error(f'{len(failed)} of {len(paths)} image(s) failed')
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
