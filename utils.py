@@ -62,6 +62,8 @@ def open_image(path: str) -> Image.Image:
         raise ImageError(f'{path}: truncated or corrupt image ({e})') from None
     except Image.DecompressionBombError as e:
         raise ImageError(f'{path}: image too large ({e})') from None
+    except Exception as e:  # anything else a damaged file makes a decoder raise
+        raise ImageError(f'{path}: cannot decode image ({type(e).__name__}: {e})') from None
     if img.width == 0 or img.height == 0:
         raise ImageError(f'{path}: image has zero size')
     return img
@@ -111,8 +113,11 @@ def atomic_write(path: str, write) -> None:
     suffix = os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=suffix, dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -177,9 +182,10 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
-    """(out_len, in_len) float64 matrix M with out = M @ in along one axis, as MATLAB's
-    imresize computes it: kernel widened by 1/scale when shrinking, symmetric edges."""
+def _resize_taps(in_len: int, out_len: int, scale: float, antialias: bool) -> tuple:
+    """(index, weight), both (out_len, taps): output pixel i along one axis is
+    sum_k weight[i, k] * input[index[i, k]], as MATLAB's imresize computes it: Keys' cubic
+    kernel, widened by 1/scale when shrinking, weights normalised, symmetric edges."""
     kernel_width = 4.0
     kernel = _cubic
     if scale < 1 and antialias:
@@ -194,10 +200,34 @@ def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> 
     w = w / w.sum(dim=1, keepdim=True)
     # symmetric padding: index -> reflected index (1-based), like MATLAB's 'symmetric'
     mirror = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
-    idx0 = mirror[torch.remainder(idx.long() - 1, 2 * in_len)]
-    m = torch.zeros(out_len, in_len, dtype=torch.float64)
-    m.scatter_add_(1, idx0, w)
-    return m
+    return mirror[torch.remainder(idx.long() - 1, 2 * in_len)], w
+
+
+# Up to this many entries an axis is resized with a dense (out, in) matrix: one fast matmul,
+# right for training crops. Beyond it (large photos) a sparse matrix keeps memory at
+# out x taps instead of out x in (a 6000 -> 24000 px axis would need 1.1 GB dense).
+_DENSE_LIMIT = 1 << 21
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
+    """(out_len, in_len) float64 matrix M with out = M @ in along one axis (dense or sparse)."""
+    idx, w = _resize_taps(in_len, out_len, scale, antialias)
+    if out_len * in_len <= _DENSE_LIMIT:
+        return torch.zeros(out_len, in_len, dtype=torch.float64).scatter_add_(1, idx, w)
+    rows = torch.arange(out_len)[:, None].expand_as(idx)
+    return torch.sparse_coo_tensor(torch.stack([rows.reshape(-1), idx.reshape(-1)]),
+                                   w.reshape(-1), (out_len, in_len),
+                                   check_invariants=True).coalesce()
+
+
+def _apply_axis(m: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """m @ x along `dim` (-2 or -1) of a (..., H, W) tensor."""
+    if not m.is_sparse:
+        return torch.matmul(m, x) if dim == -2 else torch.matmul(x, m.T)
+    moved = x.movedim(dim, 0)
+    out = torch.sparse.mm(m, moved.reshape(moved.shape[0], -1))
+    return out.reshape(m.shape[0], *moved.shape[1:]).movedim(0, dim)
 
 
 def imresize(x: torch.Tensor, scale: float = None, size: tuple = None,
@@ -217,8 +247,7 @@ def imresize(x: torch.Tensor, scale: float = None, size: tuple = None,
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     mh = _resize_matrix(h, size[0], sh, antialias).to(x.device, dtype)
     mw = _resize_matrix(w, size[1], sw, antialias).to(x.device, dtype)
-    out = torch.matmul(mh, x.to(dtype))
-    return torch.matmul(out, mw.T)
+    return _apply_axis(mw, _apply_axis(mh, x.to(dtype), -2), -1)
 
 
 def modcrop(x, scale: int):

@@ -1,5 +1,6 @@
 """utils.py: MATLAB-style imresize, YCbCr, PSNR/SSIM, and image loading (modes, bad files)."""
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -338,3 +339,28 @@ def test_set5_bicubic_x4():
     assert len(psnrs) == 5
     assert np.mean(psnrs) == pytest.approx(28.43, abs=0.005)
     assert np.mean(ssims) == pytest.approx(0.8113, abs=0.0001)
+
+
+def test_imresize_sparse_path_matches_dense(monkeypatch):
+    # Large axes use a sparse matrix (memory out x taps, not out x in); same numbers.
+    x = torch.rand(2, 3, 29, 41, dtype=torch.float64)
+    dense = {s: utils.imresize(x, s) for s in (0.25, 1 / 3, 2, 4)}
+    monkeypatch.setattr(utils, '_DENSE_LIMIT', 0)
+    utils._resize_matrix.cache_clear()
+    try:
+        assert utils._resize_matrix(29, 116, 4.0, True).is_sparse
+        for s, ref in dense.items():
+            assert torch.allclose(utils.imresize(x, s), ref, atol=1e-12)
+    finally:
+        utils._resize_matrix.cache_clear()
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        utils.save_image(torch.rand(3, 8, 8), str(tmp_path / 'a.png'))
+        utils.save_checkpoint({'x': torch.zeros(1)}, str(tmp_path / 'c.pth'))
+    finally:
+        os.umask(old)
+    for name in ('a.png', 'c.pth'):
+        assert (os.stat(tmp_path / name).st_mode & 0o777) == 0o644
