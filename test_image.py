@@ -127,26 +127,6 @@ def super_resolve(model: nn.Module, lr: torch.Tensor, scale: int, tile: int, ove
     return sr[0].float().cpu()
 
 
-def bicubic_upscale(x: torch.Tensor, scale: int, block: int = 256) -> torch.Tensor:
-    """utils.imresize(x, scale) for an integer scale, computed in blocks of `block` input
-    pixels: the same values, but imresize's dense (out x in) resize matrices stay small for
-    large images (a 4000-pixel side would need a 512 MB matrix)."""
-    h, w = x.shape[-2:]
-    if max(h, w) <= block:
-        return imresize(x, scale)
-    margin = 4  # input pixels of context: the bicubic kernel reaches 2 pixels
-    out = x.new_empty(*x.shape[:-2], h * scale, w * scale)
-    for top in range(0, h, block):
-        for left in range(0, w, block):
-            t0, l0 = max(top - margin, 0), max(left - margin, 0)
-            bottom, right = min(top + block, h), min(left + block, w)
-            y = imresize(x[..., t0:min(bottom + margin, h), l0:min(right + margin, w)], scale)
-            out[..., top * scale:bottom * scale, left * scale:right * scale] = \
-                y[..., (top - t0) * scale:(bottom - t0) * scale,
-                  (left - l0) * scale:(right - l0) * scale]
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # One image
 # ---------------------------------------------------------------------------------------------
@@ -220,10 +200,10 @@ def process_image(path: str, model: nn.Module, opts: Options) -> dict:
     start = time.perf_counter()
     sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype)
     seconds = time.perf_counter() - start
-    bicubic = bicubic_upscale(lr, s)
+    bicubic = imresize(lr, s)
     if gray:  # the network tints grey input slightly; bicubic keeps it grey by itself
         sr = to_grayscale(sr)
-    sr_alpha = None if lr_alpha is None else bicubic_upscale(lr_alpha, s).clamp(0, 1)
+    sr_alpha = None if lr_alpha is None else imresize(lr_alpha, s).clamp(0, 1)
 
     name = os.path.basename(path)
     folder = os.path.join(opts.out_dir, os.path.splitext(name)[0])

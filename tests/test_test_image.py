@@ -255,12 +255,6 @@ def test_amp_choice(monkeypatch):
     assert test_image.autocast_dtype('auto', cpu) is None
 
 
-def test_bicubic_upscale_in_blocks_is_imresize():
-    x = torch.rand(3, 70, 45)
-    assert torch.allclose(test_image.bicubic_upscale(x, 4, block=16), utils.imresize(x, 4),
-                          atol=1e-6)
-
-
 # ---------------------------------------------------------------------------------------------
 # Alpha, grayscale, 16-bit, EXIF
 # ---------------------------------------------------------------------------------------------
