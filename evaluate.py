@@ -43,31 +43,6 @@ def parse_weight(spec: str) -> tuple:
     return os.path.splitext(os.path.basename(spec))[0], spec
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), per /proc/cpuinfo."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {'avx512_bf16', 'amx_bf16'})
-
-
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for --amp, or None for plain float32."""
-    if amp == 'bf16':
-        return torch.bfloat16
-    if amp == 'fp16':
-        return torch.float16
-    if amp == 'auto':
-        if device.type == 'cuda':
-            native = torch.cuda.is_bf16_supported()
-        else:
-            native = torch.backends.mkldnn.is_available() and cpu_has_bf16()
-        return torch.bfloat16 if native else None
-    return None
-
-
 def bicubic_method(scale: int) -> Method:
     return lambda lr: utils.imresize(lr, scale)
 
@@ -212,7 +187,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device('cuda' if args.cuda else 'cpu')
-    amp_dtype = resolve_amp(args.amp, device)
+    try:
+        amp_dtype = utils.autocast_dtype(args.amp, device)
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     # without autocast, cuDNN would still run convolutions in TF32; keep evaluation exact
     torch.backends.cudnn.allow_tf32 = amp_dtype is not None
     scale = args.upscale_factor

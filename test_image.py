@@ -21,7 +21,6 @@ used where the hardware supports it (--amp auto).
 import argparse
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from model import Generator, fuse_batchnorm
-from utils import (CheckpointError, ImageError, downscale, image_metrics, imresize,
+from utils import (CheckpointError, ImageError, autocast_dtype, downscale, image_metrics, imresize,
                    list_images, load_generator, load_image, modcrop, save_image, tiled_forward)
 
 DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
@@ -52,33 +51,6 @@ BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, no
 # ---------------------------------------------------------------------------------------------
 # Device, precision and the inference model
 # ---------------------------------------------------------------------------------------------
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            info = f.read()
-    except OSError:
-        return False
-    return re.search(r'\b(amx_bf16|avx512_bf16)\b', info) is not None
-
-
-def autocast_dtype(amp: str, device: torch.device):
-    """The autocast dtype for --amp on `device`, or None for fp32. Raises ValueError."""
-    if amp == 'off':
-        return None
-    if amp == 'fp16':
-        if device.type != 'cuda':
-            raise ValueError('--amp fp16 needs --cuda (fp16 is slow and inaccurate on the CPU)')
-        return torch.float16
-    if amp == 'bf16':
-        if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
-            raise ValueError('--amp bf16: this GPU does not support bfloat16')
-        return torch.bfloat16
-    if device.type == 'cuda':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_bf16() else None
-
 
 def inference_model(generator: Generator, device: torch.device) -> nn.Module:
     """The generator as run for inference: BatchNorm folded into the convolutions, eval

@@ -10,6 +10,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import sys
 import tempfile
 import warnings
@@ -774,6 +775,37 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
         raise CheckpointError(f'{path}: does not match the Generator '
                               f'({str(e).strip().splitlines()[0]})') from None
     return g.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
+# ---------------------------------------------------------------------------------------------
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            info = f.read()
+    except OSError:
+        return False
+    return re.search(r'\b(amx_bf16|avx512_bf16)\b', info) is not None
+
+
+def autocast_dtype(amp: str, device: torch.device):
+    """The autocast dtype for --amp on `device`, or None for fp32. Raises ValueError."""
+    if amp == 'off':
+        return None
+    if amp == 'fp16':
+        if device.type != 'cuda':
+            raise ValueError('--amp fp16 needs --cuda (fp16 is slow and inaccurate on the CPU)')
+        return torch.float16
+    if amp == 'bf16':
+        if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+            raise ValueError('--amp bf16: this GPU does not support bfloat16')
+        return torch.bfloat16
+    if device.type == 'cuda':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_bf16() else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,18 +116,6 @@ def test_duplicate_labels_are_refused(folder, weights):
     assert err.value.code == 2
 
 
-def test_resolve_amp(monkeypatch):
-    cpu = torch.device('cpu')
-    assert evaluate.resolve_amp('off', cpu) is None
-    assert evaluate.resolve_amp('bf16', cpu) is torch.bfloat16
-    assert evaluate.resolve_amp('fp16', cpu) is torch.float16
-    monkeypatch.setattr(evaluate, 'cpu_has_bf16', lambda: True)
-    assert evaluate.resolve_amp('auto', cpu) is (
-        torch.bfloat16 if torch.backends.mkldnn.is_available() else None)
-    monkeypatch.setattr(evaluate, 'cpu_has_bf16', lambda: False)
-    assert evaluate.resolve_amp('auto', cpu) is None
-
-
 def test_bf16_stays_close_to_float32(folder, weights):
     generator = utils.load_generator(str(weights), 4)
     _, lr = evaluate.load_hr_lr(str(folder / 'a.png'), 4)
@@ -198,3 +186,9 @@ def test_too_small_image_is_skipped(folder, capsys):
                                             4, progress=False)
     assert len(rows) == 3 and len(errors) == 1 and 'small.png' in errors[0]
     assert 'too small' in capsys.readouterr().err
+
+
+def test_fp16_on_cpu_is_one_line_error(folder, capsys):
+    assert evaluate.main(['--data', str(folder), '--amp', 'fp16']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: --amp fp16 needs --cuda') and err.count('\n') == 1

@@ -245,14 +245,14 @@ def test_max_tile_memory_budget():
 
 def test_amp_choice(monkeypatch):
     cpu = torch.device('cpu')
-    assert test_image.autocast_dtype('off', cpu) is None
-    assert test_image.autocast_dtype('bf16', cpu) is torch.bfloat16
+    assert utils.autocast_dtype('off', cpu) is None
+    assert utils.autocast_dtype('bf16', cpu) is torch.bfloat16
     with pytest.raises(ValueError, match='fp16 needs --cuda'):
-        test_image.autocast_dtype('fp16', cpu)
-    monkeypatch.setattr(test_image, 'cpu_has_bf16', lambda: True)
-    assert test_image.autocast_dtype('auto', cpu) is torch.bfloat16
-    monkeypatch.setattr(test_image, 'cpu_has_bf16', lambda: False)
-    assert test_image.autocast_dtype('auto', cpu) is None
+        utils.autocast_dtype('fp16', cpu)
+    monkeypatch.setattr(utils, 'cpu_has_bf16', lambda: True)
+    assert utils.autocast_dtype('auto', cpu) is torch.bfloat16
+    monkeypatch.setattr(utils, 'cpu_has_bf16', lambda: False)
+    assert utils.autocast_dtype('auto', cpu) is None
 
 
 # ---------------------------------------------------------------------------------------------
