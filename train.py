@@ -9,6 +9,7 @@ Several GPUs (--batch_size is per process):
     torchrun --nproc_per_node 4 train.py --ddp ...             # DistributedDataParallel
     srun python train.py --ddp ...                             # SLURM, one task per GPU
     python train.py --ddp --nproc 4 ...                        # spawns the processes itself
+    python train.py --lightning --nproc 4 ...                  # Lightning Fabric, strategy ddp
 Resume: add --resume latest (or an epoch number) with the same --out_dir.
 """
 import argparse
@@ -55,8 +56,9 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--ddp', action='store_true', help='DistributedDataParallel (torchrun, '
                    'SLURM srun, or self-spawned with --nproc)')
     p.add_argument('--nproc', type=int, default=None,
-                   help='processes to spawn for --ddp / devices for --lightning '
-                        '(default: the number of GPUs)')
+                   help='processes to spawn for --ddp / devices for --lightning (default: the '
+                        "number of GPUs; with --lightning under torchrun or srun: the launcher's "
+                        'processes per node)')
     p.add_argument('--backend', default='auto', choices=['auto', 'nccl', 'gloo'],
                    help='DDP backend; auto: nccl on CUDA, gloo on CPU')
     p.add_argument('--dist_timeout', type=float, default=300,
@@ -143,11 +145,12 @@ def first_slurm_host(nodelist: str) -> str:
             return out.stdout.split()[0]
     except (OSError, subprocess.TimeoutExpired):
         pass
-    m = re.match(r'([^,\[]+)(?:\[([^\]]+)\])?', nodelist)
-    prefix, ranges = m.group(1), m.group(2)
-    if not ranges:
-        return prefix
-    return prefix + ranges.split(',')[0].split('-')[0]
+    # no scontrol (a container, a test): the first comma-separated entry (commas inside
+    # brackets do not separate hosts), each [range list] replaced by its first number
+    m = re.match(r'(?:[^,\[]|\[[^\]]*\])+', nodelist.strip())
+    if not m:
+        raise TrainingError(f'SLURM_JOB_NODELIST {nodelist!r}: no host name in it')
+    return re.sub(r'\[([^\]]*)\]', lambda r: re.split(r'[,-]', r.group(1))[0], m.group(0))
 
 
 def launch_env() -> dict:
@@ -315,6 +318,9 @@ def wrap(args, rt: Runtime, s: dict) -> None:
     s['D_g'] is the discriminator the generator step calls: never DDP-wrapped, since D is
     frozen there and its weights must not take part in that step's gradient sync."""
     nets = ['G', 'D'] if 'D' in s else ['G']
+    if args.sync_bn and rt.distributed:  # DDP and Fabric alike; same Parameter objects
+        for k in nets:
+            s[k] = nn.SyncBatchNorm.convert_sync_batchnorm(s[k])
     if 'D' in s:
         s['D_g'] = s['D']
     if rt.fabric is not None:
@@ -330,10 +336,6 @@ def wrap(args, rt: Runtime, s: dict) -> None:
             rt.log('warning: --dp needs at least two GPUs; training on one device')
     elif rt.distributed:
         for k in nets:
-            if args.sync_bn:
-                s[k] = nn.SyncBatchNorm.convert_sync_batchnorm(s[k])
-                if k == 'D':
-                    s['D_g'] = s['D']
             ids = [rt.device.index] if rt.device.type == 'cuda' else None
             s[k] = nn.parallel.DistributedDataParallel(s[k], device_ids=ids)
     if args.compile:
@@ -662,9 +664,22 @@ def run_lightning(args) -> None:
     device = torch.device('cuda' if args.cuda else 'cpu')
     dtype = resolve_amp(args.amp, device)
     precision = {None: '32-true', torch.bfloat16: 'bf16-mixed', torch.float16: '16-mixed'}[dtype]
-    devices = args.nproc or (torch.cuda.device_count() if args.cuda else 1)
-    fabric = lightning.Fabric(accelerator=device.type, devices=devices, precision=precision,
-                              strategy='ddp' if devices > 1 else 'auto')
+    # Fabric wants processes per node and nodes; under torchrun or srun they say them
+    env, per_node, num_nodes = os.environ, None, 1
+    if 'WORLD_SIZE' in env and 'LOCAL_WORLD_SIZE' in env:
+        per_node = int(env['LOCAL_WORLD_SIZE'])
+        num_nodes = int(env['WORLD_SIZE']) // per_node
+    elif int(env.get('SLURM_NTASKS', 1)) > 1 and 'SLURM_NTASKS_PER_NODE' in env:
+        per_node = int(re.match(r'\d+', env['SLURM_NTASKS_PER_NODE']).group())
+        num_nodes = int(env.get('SLURM_NNODES', 1))
+    devices = args.nproc or per_node or (torch.cuda.device_count() if args.cuda else 1)
+    strategy = 'auto'
+    if devices * num_nodes > 1:
+        strategy = lightning.fabric.strategies.DDPStrategy(
+            process_group_backend=None if args.backend == 'auto' else args.backend,
+            timeout=datetime.timedelta(seconds=args.dist_timeout))
+    fabric = lightning.Fabric(accelerator=device.type, devices=devices, num_nodes=num_nodes,
+                              precision=precision, strategy=strategy)
     fabric.launch()  # starts the other processes (or joins SLURM's / torchrun's)
     rt = Runtime(args, fabric.global_rank, fabric.world_size, fabric.local_rank)
     rt.fabric, rt.device = fabric, fabric.device
@@ -676,7 +691,14 @@ def run_lightning(args) -> None:
 def worker(local_rank: int, args, world_size: int, port: int) -> None:
     """Entry point of a self-spawned DDP process."""
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    run_process(args, local_rank, world_size, local_rank)
+    try:
+        run_process(args, local_rank, world_size, local_rank)
+    except (TrainingError, utils.ImageError, utils.CheckpointError) as e:
+        # one line here; the parent then stops the other processes and exits non-zero
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def run_process(args, rank: int, world_size: int, local_rank: int) -> None:
@@ -696,6 +718,10 @@ def free_port() -> int:
 def main(argv=None) -> int:
     args = get_args(argv)
     try:
+        if args.dp + args.ddp + args.lightning > 1:
+            raise TrainingError('choose one of --dp, --ddp and --lightning')
+        if args.sync_bn and not args.cuda and (args.ddp or args.lightning):
+            raise TrainingError('--sync_bn needs --cuda (SyncBatchNorm has no CPU implementation)')
         if args.lightning:
             run_lightning(args)
         elif args.ddp:
@@ -708,7 +734,10 @@ def main(argv=None) -> int:
                     raise TrainingError('--ddp on the CPU needs --nproc N (or launch it with '
                                         'torchrun / srun)')
                 import torch.multiprocessing as mp
-                mp.spawn(worker, args=(args, nproc, free_port()), nprocs=nproc)
+                try:
+                    mp.spawn(worker, args=(args, nproc, free_port()), nprocs=nproc)
+                except mp.ProcessExitedException as e:
+                    raise TrainingError(f'DDP {e}; the other processes were stopped') from None
         else:
             run(args, Runtime(args))
     except (TrainingError, utils.ImageError, utils.CheckpointError) as e:
