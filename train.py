@@ -115,25 +115,12 @@ class TrainingError(Exception):
 # Devices, processes and precision
 # ---------------------------------------------------------------------------------------------
 
-def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bf16 matrix units (AMX or AVX512-BF16)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return ' amx_bf16' in flags or ' avx512_bf16' in flags
-
-
 def resolve_amp(amp: str, device: torch.device):
-    """The autocast dtype for --amp (None = fp32)."""
-    if amp == 'auto':
-        if device.type == 'cuda':
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if cpu_supports_bf16() else None
-    if amp == 'fp16' and device.type != 'cuda':
-        raise TrainingError('--amp fp16 needs a CUDA device (use bf16 or off on the CPU)')
-    return {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+    """The autocast dtype for --amp (None = fp32); utils.autocast_dtype decides."""
+    try:
+        return utils.autocast_dtype(amp, device)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
 
 
 def first_slurm_host(nodelist: str) -> str:
@@ -413,6 +400,15 @@ def prune(folder: str, pattern: str, keep: int) -> None:
         os.remove(os.path.join(folder, f))
 
 
+def remove_stale_temporaries(out_dir: str) -> None:
+    """Delete half-written '.tmp_*' files that a killed run left behind (atomic_write's)."""
+    for sub in ('checkpoints', 'weights'):
+        folder = os.path.join(out_dir, sub)
+        for f in os.listdir(folder) if os.path.isdir(folder) else []:
+            if f.startswith('.tmp_'):
+                os.remove(os.path.join(folder, f))
+
+
 def save_all(args, s: dict, epoch: int, history: list, best: float, is_best: bool) -> None:
     """Checkpoint, this epoch's generator weights, and best.pth, each written atomically."""
     gen = s['ema'].model if s['ema'] is not None else s['G']
@@ -609,6 +605,7 @@ def run(args, rt: Runtime) -> None:
     wrap(args, rt, s)
     if rt.master:
         os.makedirs(args.out_dir, exist_ok=True)
+        remove_stale_temporaries(args.out_dir)
         rt.log(f'{variant(args)} x{args.upscale_factor}: {len(loader.dataset)} training images, '
                f'{iters} iterations/epoch, batch {args.batch_size} x {rt.world_size} process(es), '
                f'device {rt.device}, precision {rt.amp_dtype or torch.float32}')

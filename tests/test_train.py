@@ -205,6 +205,17 @@ def test_resume_from_an_older_epoch_rewrites_history(data, tmp_path):
     assert [r['epoch'] for r in history(tmp_path)] == ['1', '2']
 
 
+def test_resume_removes_temporaries_a_kill_left(data, tmp_path):
+    assert fit(data, tmp_path, '--amp', 'off', '--epochs', '1', '--iters_per_epoch', '1') == 0
+    stale = [tmp_path / 'checkpoints' / '.tmp_abc.pth', tmp_path / 'weights' / '.tmp_def.pth']
+    for f in stale:
+        f.write_bytes(b'half a checkpoint')
+    assert fit(data, tmp_path, '--amp', 'off', '--epochs', '2', '--iters_per_epoch', '1',
+               '--resume', 'latest') == 0
+    assert not any(f.exists() for f in stale)
+    assert ckpt(tmp_path, 2)['epoch'] == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluate.py and test_image.py read the weights train.py writes
 # ---------------------------------------------------------------------------------------------
@@ -429,8 +440,8 @@ BAD = {
     'pretrain blocks': (['--pretrain', '{tmp}/g1.pth'], '--num_blocks'),
     'no checkpoint': (['--resume', 'latest'], 'no checkpoint to resume from'),
     'no such epoch': (['--resume', '7'], 'no checkpoint for epoch 7'),
-    'corrupt checkpoint': (['--resume', 'latest'], 'not a readable PyTorch weights file'),
-    'fp16 on cpu': (['--amp', 'fp16'], '--amp fp16 needs a CUDA device'),
+    'corrupt checkpoint': (['--resume', 'latest'], 'not a PyTorch weights file, or corrupt or truncated'),
+    'fp16 on cpu': (['--amp', 'fp16'], '--amp fp16 needs --cuda'),
 }
 
 
