@@ -19,8 +19,8 @@ import train  # noqa: E402
 
 
 def make_state(mode: str, amp: str, channels_last: bool, cuda: bool, batch: int, crop: int,
-               num_blocks: int):
-    argv = ['--mode', mode, '--amp', amp, '--vgg_weights', 'random', '--batch_size', str(batch),
+               num_blocks: int, compile: bool = False):
+    argv = (['--compile'] if compile else []) + ['--mode', mode, '--amp', amp, '--vgg_weights', 'random', '--batch_size', str(batch),
             '--crop_size', str(crop), '--num_blocks', str(num_blocks), '--log_every', '1000000']
     args = train.get_args(argv + (['--cuda'] if cuda else []))
     rt = train.Runtime(args)
@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument('--steps', type=int, default=None, help='timed steps (default 4 CPU, 30 GPU)')
     p.add_argument('--warmup', type=int, default=None, help='untimed steps (default 2 / 10)')
     p.add_argument('--modes', default='generator,adversarial')
+    p.add_argument('--compile', action='store_true',
+                   help='also time the default path under torch.compile (--compile)')
     p.add_argument('--peak_tflops', type=float, default=None,
                    help='GPU peak dense bf16 TFLOP/s (default: 989 for H100/H200, else none)')
     a = p.parse_args(argv)
@@ -93,9 +95,12 @@ def main(argv=None) -> int:
           f'x{scale}, {a.num_blocks} blocks, {steps} timed steps after {warmup} warm-up')
     for mode in a.modes.split(','):
         results = {}
-        for name, amp, cl in (('fp32 eager NCHW', 'off', False), ('default', 'auto', True)):
+        paths = [('fp32 eager NCHW', 'off', False, False), ('default', 'auto', True, False)]
+        if a.compile:
+            paths.append(('default+compile', 'auto', True, True))
+        for name, amp, cl, comp in paths:
             args, rt, s = make_state(mode, amp, cl, a.cuda, a.batch_size, a.crop_size,
-                                     a.num_blocks)
+                                     a.num_blocks, comp)
             losses, sec = run(args, rt, s, batches, cl, warmup)
             results[name] = (losses, sec, rt.amp_dtype)
             ips = a.batch_size / sec
@@ -110,6 +115,8 @@ def main(argv=None) -> int:
             print(line, flush=True)
         (l32, s32, _), (ld, sd, _) = results['fp32 eager NCHW'], results['default']
         rel = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(l32, ld))
+        if 'default+compile' in results:
+            print(f"{mode:11s} speed-up with --compile {s32 / results['default+compile'][1]:.2f}x")
         print(f'{mode:11s} speed-up {s32 / sd:.2f}x; loss trajectory fp32 '
               f'{[round(x, 5) for x in l32]}')
         print(f'{mode:11s}                  default {[round(x, 5) for x in ld]} '
