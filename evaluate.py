@@ -10,7 +10,6 @@ with utils.image_metrics (8-bit, border of `scale` pixels cropped, BT.601 YCbCr;
 The table printed is the mean over a folder's images of each per-image value.
 """
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -22,15 +21,13 @@ import torch
 from tqdm import tqdm
 
 import utils
-from model import fuse_batchnorm
 
 # (row key, table header, number format)
 METRICS = [('psnr_y', 'PSNR-Y', '.2f'), ('ssim_y', 'SSIM-Y', '.4f'),
            ('psnr_ycbcr', 'PSNR-YCbCr', '.2f'), ('ssim_ycbcr', 'SSIM-YCbCr', '.4f')]
 SSIM_WINDOW = 11
-TILE_OVERLAP = 16  # LR pixels of context on each side of a tile; wider than the receptive field
 
-# A method upscales a (1, 3, h, w) LR tensor in [0, 1] to (1, 3, h*s, w*s); the output need not
+# A method upscales a (3, h, w) LR tensor in [0, 1] to (3, h*s, w*s); the output need not
 # be clamped, image_metrics clamps and rounds.
 Method = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,17 +46,10 @@ def bicubic_method(scale: int) -> Method:
 
 def generator_method(generator: torch.nn.Module, scale: int, device: torch.device,
                      amp_dtype: Optional[torch.dtype] = None, tile: int = 0) -> Method:
-    """A method running `generator` with BatchNorm fused, channels_last, optional autocast and
-    optional tiling (`tile` LR pixels; 0 = whole image)."""
-    model = fuse_batchnorm(generator).to(device, memory_format=torch.channels_last)
-
-    def run(lr: torch.Tensor) -> torch.Tensor:
-        lr = lr.to(device).contiguous(memory_format=torch.channels_last)
-        autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            return utils.tiled_forward(model, lr, scale, tile, TILE_OVERLAP).float().cpu()
-    return run
+    """A method running `generator` as test_image.py does (BatchNorm fused, channels_last,
+    optional autocast), optionally in tiles of `tile` LR pixels (0 = whole image)."""
+    model = utils.inference_model(generator, device)
+    return lambda lr: utils.super_resolve(model, lr, scale, tile, utils.TILE_OVERLAP, amp_dtype)
 
 
 def find_images(folder: str) -> list:
@@ -105,7 +95,7 @@ def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
             tqdm.write(f'error: {e}', file=sys.stderr)
             continue
         for name, method in methods.items():
-            sr = method(lr[None])[0]
+            sr = method(lr)
             rows.append({'dataset': dataset, 'method': name, 'image': os.path.basename(path),
                          **utils.image_metrics(sr, hr, scale)})
     return rows, errors
@@ -171,9 +161,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--json', metavar='FILE', help='write the table rows as JSON')
     parser.add_argument('--csv', metavar='FILE', help='write per-image metrics as CSV')
     args = parser.parse_args(argv)
-    if 0 < args.tile <= 2 * TILE_OVERLAP:
-        parser.error(f'--tile: must be 0 (whole images) or more than {2 * TILE_OVERLAP}, '
-                     f'twice the overlap of {TILE_OVERLAP} LR pixels')
+    if 0 < args.tile <= 2 * utils.TILE_OVERLAP:
+        parser.error(f'--tile: must be 0 (whole images) or more than {2 * utils.TILE_OVERLAP}, '
+                     f'twice the overlap of {utils.TILE_OVERLAP} LR pixels')
     if args.cuda and not torch.cuda.is_available():
         parser.error('--cuda: no CUDA device is available')
     args.weight = [parse_weight(w) for w in args.weight]

@@ -29,9 +29,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from model import Generator, fuse_batchnorm
+from model import Generator
 from utils import (CheckpointError, ImageError, autocast_dtype, downscale, image_metrics, imresize,
-                   list_images, load_generator, load_image, modcrop, save_image, tiled_forward)
+                   inference_model, list_images, load_generator, load_image, modcrop, save_image,
+                   super_resolve, TILE_OVERLAP)
 
 DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
                               'srgan_x4.pth')
@@ -42,7 +43,6 @@ DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weigh
 # with 24 by 1/255 at 4 values at most (fp32). bf16 runs differ by 1/255 at <1% of the values
 # for any overlap from 12 on (bf16 rounding of the activations), never by more. CUDA fp32, bf16
 # and fp16 (a quickly trained network): at most 1/255 from 12 on.
-DEFAULT_OVERLAP = 24
 # Activation memory one tile may use on the CPU; on CUDA a quarter of the free memory.
 CPU_TILE_BUDGET = 1 << 30
 BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, normalised
@@ -51,14 +51,6 @@ BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, no
 # ---------------------------------------------------------------------------------------------
 # Device, precision and the inference model
 # ---------------------------------------------------------------------------------------------
-
-def inference_model(generator: Generator, device: torch.device) -> nn.Module:
-    """The generator as run for inference: BatchNorm folded into the convolutions, eval
-    mode, no gradients, channels_last weights on `device` (oneDNN's and cuDNN's fast
-    layout for these convolutions)."""
-    model = fuse_batchnorm(generator).to(device).eval().requires_grad_(False)
-    return model.to(memory_format=torch.channels_last)
-
 
 def max_tile(scale: int, device: torch.device, dtype=None) -> int:
     """The largest tile side (LR pixels) whose activations fit the memory budget."""
@@ -88,17 +80,6 @@ def pick_tile(h: int, w: int, largest: int, overlap: int) -> int:
     return max(side(h), side(w))
 
 
-def super_resolve(model: nn.Module, lr: torch.Tensor, scale: int, tile: int, overlap: int,
-                  dtype=None) -> torch.Tensor:
-    """(3, h, w) LR in [0, 1] -> (3, h*scale, w*scale) float32 on the CPU, unclamped."""
-    device = next(model.parameters()).device
-    x = lr[None].to(device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
-                                                enabled=dtype is not None):
-        sr = tiled_forward(model, x, scale, tile, overlap)
-    return sr[0].float().cpu()
-
-
 # ---------------------------------------------------------------------------------------------
 # One image
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +90,7 @@ class Options:
     out_dir: str = 'results'
     downsample: bool = False
     tile: int = None          # None: pick from the image size and device; 0: whole image
-    overlap: int = DEFAULT_OVERLAP
+    overlap: int = TILE_OVERLAP
     dtype: torch.dtype = None  # autocast dtype, None for fp32
 
 
@@ -234,8 +215,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--tile', type=int, default=None,
                    help='tile side in LR pixels; 0 = whole image (default: from the image '
                         'size and the device memory)')
-    p.add_argument('--tile_overlap', type=int, default=DEFAULT_OVERLAP,
-                   help=f'LR pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP})')
+    p.add_argument('--tile_overlap', type=int, default=TILE_OVERLAP,
+                   help=f'LR pixels shared by neighbouring tiles (default {TILE_OVERLAP})')
     p.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='auto',
                    help='autocast: auto = bf16 where the GPU/CPU supports it, else fp32')
     return p.parse_args(argv)

@@ -78,7 +78,7 @@ def conv_flops_per_pixel(g: Generator) -> float:
 def project_tile(size: int, dtype) -> int:
     """The tile test_image.py picks for a size x size input on the CPU (0 = whole image)."""
     largest = test_image.max_tile(SCALE, torch.device('cpu'), dtype)
-    return test_image.pick_tile(size, size, largest, test_image.DEFAULT_OVERLAP)
+    return test_image.pick_tile(size, size, largest, utils.TILE_OVERLAP)
 
 
 def peak_rss() -> int:
@@ -101,8 +101,8 @@ def child(size: int, weight: str, repeat: int, with_a: bool, out_dir: str) -> di
     (b) runs first at full size, so the peak RSS read after it is (b)'s alone."""
     g, _ = generator(weight)
     lr = utils.downscale(hr_mosaic(size * SCALE), SCALE)
-    dtype = test_image.autocast_dtype('auto', torch.device('cpu'))
-    model = test_image.inference_model(g, torch.device('cpu'))
+    dtype = utils.autocast_dtype('auto', torch.device('cpu'))
+    model = utils.inference_model(g, torch.device('cpu'))
     tile = project_tile(size, dtype)
 
     def run_a(x):
@@ -110,7 +110,7 @@ def child(size: int, weight: str, repeat: int, with_a: bool, out_dir: str) -> di
             return g(x[None])[0]
 
     def run_b(x):
-        return test_image.super_resolve(model, x, SCALE, tile, test_image.DEFAULT_OVERLAP, dtype)
+        return utils.super_resolve(model, x, SCALE, tile, utils.TILE_OVERLAP, dtype)
 
     methods = {'b': run_b, **({'a': run_a} if with_a else {})}
     for run in methods.values():  # one-time set-up (oneDNN primitives) is not measured
@@ -201,10 +201,9 @@ def main(argv=None) -> int:
 
     g, what = generator(args.weight)
     flops = conv_flops_per_pixel(g)
-    dtype = test_image.autocast_dtype('auto', torch.device('cpu'))
     print(f'x{SCALE} SRResNet (16 blocks), {what}')
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 '
-          f'(amx_bf16/avx512_bf16): {"yes" if test_image.cpu_has_bf16() else "no"}; '
+          f'(amx_bf16/avx512_bf16): {"yes" if utils.cpu_has_bf16() else "no"}; '
           f'load average {os.getloadavg()[0]:.1f}')
     print(f'conv work: {flops / 1e6:.2f} MFLOP per LR pixel (FlopCounterMode); TFLOP/s below '
           'counts the whole image once (tile overlaps are extra work)\n')

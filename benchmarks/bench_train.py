@@ -66,6 +66,16 @@ def step_flops(args, rt, s, lr, hr) -> int:
     return counter.get_total_flops()
 
 
+def train_images_per_second(mode: str = 'adversarial', cuda: bool = False, batch: int = 16,
+                            crop: int = 96, steps: int = 3, warmup: int = 1) -> float:
+    """Images/s that the default training step consumes here (what data loading must feed)."""
+    batches = [(torch.rand(batch, 3, crop // 4, crop // 4), torch.rand(batch, 3, crop, crop))
+               for _ in range(steps + warmup)]
+    args, rt, s = make_state(mode, 'auto', True, cuda, batch, crop, 16)
+    _, sec = run(args, rt, s, batches, True, warmup)
+    return batch / sec
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--cuda', action='store_true')

@@ -55,7 +55,7 @@ def direct_metrics(path: Path, method) -> dict:
     hr = utils.modcrop(hr, 4)
     lr = utils.downscale(hr, 4)
     with torch.no_grad():
-        return utils.image_metrics(method(lr[None])[0], hr, 4)
+        return utils.image_metrics(method(lr), hr, 4)
 
 
 def test_table_json_and_csv(folder, weights, tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_table_json_and_csv(folder, weights, tmp_path, capsys):
         sorted((m, n) for m in ('Bicubic', 'Tiny') for n in NAMES)
 
     generator = utils.load_generator(str(weights), 4)
-    methods = {'Bicubic': lambda lr: utils.imresize(lr, 4), 'Tiny': generator}
+    methods = {'Bicubic': lambda lr: utils.imresize(lr, 4), 'Tiny': lambda lr: generator(lr[None])[0]}
     for s, row in zip(summary, rows):
         mine = [r for r in per_image if r['method'] == s['method']]
         for key in ('psnr_y', 'ssim_y', 'psnr_ycbcr', 'ssim_ycbcr'):
@@ -120,18 +120,18 @@ def test_bf16_stays_close_to_float32(folder, weights):
     generator = utils.load_generator(str(weights), 4)
     _, lr = evaluate.load_hr_lr(str(folder / 'a.png'), 4)
     cpu = torch.device('cpu')
-    exact = evaluate.generator_method(generator, 4, cpu)(lr[None])
-    bf16 = evaluate.generator_method(generator, 4, cpu, torch.bfloat16)(lr[None])
-    assert bf16.dtype == torch.float32 and bf16.shape == exact.shape == (1, 3, 48, 48)
+    exact = evaluate.generator_method(generator, 4, cpu)(lr)
+    bf16 = evaluate.generator_method(generator, 4, cpu, torch.bfloat16)(lr)
+    assert bf16.dtype == torch.float32 and bf16.shape == exact.shape == (3, 48, 48)
     assert 0 < (bf16 - exact).abs().max() < 0.05
 
 
 def test_tiles_give_the_whole_image_result():
     generator = Generator(4, num_blocks=1, channels=8).eval()
-    lr = torch.rand(1, 3, 40, 37)  # tiles of 34 starting at 0 and 6 (rows), 0 and 3 (columns)
+    lr = torch.rand(3, 60, 57)  # tiles of 52 starting at 0 and 8 (rows), 0 and 5 (columns)
     cpu = torch.device('cpu')
     whole = evaluate.generator_method(generator, 4, cpu)(lr)
-    tiled = evaluate.generator_method(generator, 4, cpu, tile=34)(lr)
+    tiled = evaluate.generator_method(generator, 4, cpu, tile=52)(lr)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
 
 

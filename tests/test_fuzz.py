@@ -33,7 +33,7 @@ SEEDS = {'png': encoded('PNG'), 'jpg': encoded('JPEG')}
 @pytest.fixture(scope='module')
 def model():
     torch.manual_seed(0)
-    return test_image.inference_model(Generator(2, num_blocks=1, channels=8),
+    return utils.inference_model(Generator(2, num_blocks=1, channels=8),
                                        torch.device('cpu'))
 
 

@@ -136,7 +136,7 @@ def test_downsample_metrics_match_utils(weights, tmp_path, capsys):
     path = tmp_path / 'gt.png'
     Image.fromarray(natural(66, 70)).save(path)  # not a multiple of 4: modcrop matters
     g = utils.load_generator(str(weights[4]))
-    model = test_image.inference_model(g, torch.device('cpu'))
+    model = utils.inference_model(g, torch.device('cpu'))
     opts = test_image.Options(scale=4, out_dir=str(tmp_path / 'res'), downsample=True)
     result = test_image.process_image(str(path), model, opts)
 
@@ -177,7 +177,7 @@ def test_downsample_too_small(weights, tmp_path, capsys):
 def test_inference_model_matches_generator():
     g = sane_generator(4, num_blocks=2)
     x = torch.rand(1, 3, 12, 10)
-    m = test_image.inference_model(g, torch.device('cpu'))
+    m = utils.inference_model(g, torch.device('cpu'))
     with torch.no_grad():
         assert torch.allclose(m(x.contiguous(memory_format=torch.channels_last)), g(x),
                               atol=1e-5)
@@ -188,11 +188,11 @@ def test_tiled_matches_whole(dtype):
     """16 residual blocks: the receptive field (~40 LR px) is wider than the default overlap,
     so agreement relies on far pixels mattering little, as in a trained network."""
     g = sane_generator(2, num_blocks=16, channels=16)
-    m = test_image.inference_model(g, torch.device('cpu'))
+    m = utils.inference_model(g, torch.device('cpu'))
     lr = torch.from_numpy(natural(100, 90).copy()).permute(2, 0, 1).float().div(255)
-    ov = test_image.DEFAULT_OVERLAP
-    whole = test_image.super_resolve(m, lr, 2, 0, ov, dtype)
-    tiled = test_image.super_resolve(m, lr, 2, 2 * ov + 16, ov, dtype)  # 3 x 3 tiles
+    ov = utils.TILE_OVERLAP
+    whole = utils.super_resolve(m, lr, 2, 0, ov, dtype)
+    tiled = utils.super_resolve(m, lr, 2, 2 * ov + 16, ov, dtype)  # 3 x 3 tiles
     diff = (utils.to_uint8(tiled).astype(int) - utils.to_uint8(whole).astype(int))
     assert np.abs(diff).max() <= 1
 
@@ -203,11 +203,11 @@ def test_tiled_matches_whole_with_shipped_weights():
     """The trained SRGAN (farther-reaching than SRResNet) at the default overlap, fp32: tile
     edges cross the image where a tile's kept part ends exactly `overlap` from its edge."""
     g = utils.load_generator(str(ROOT / 'weights' / 'srgan_x4.pth'), 4)
-    m = test_image.inference_model(g, torch.device('cpu'))
+    m = utils.inference_model(g, torch.device('cpu'))
     lr = torch.from_numpy(natural(80, 80, 60, 200).copy()).permute(2, 0, 1).float().div(255)
-    ov = test_image.DEFAULT_OVERLAP
-    whole = test_image.super_resolve(m, lr, 4, 0, ov)
-    tiled = test_image.super_resolve(m, lr, 4, 2 * ov + 16, ov)  # 2 x 2 tiles
+    ov = utils.TILE_OVERLAP
+    whole = utils.super_resolve(m, lr, 4, 0, ov)
+    tiled = utils.super_resolve(m, lr, 4, 2 * ov + 16, ov)  # 2 x 2 tiles
     diff = np.abs(utils.to_uint8(tiled).astype(int) - utils.to_uint8(whole).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
