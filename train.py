@@ -221,20 +221,23 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(idx[self.rank::self.world_size].tolist())
 
 
-def make_train_loader(args, rt: Runtime):
+def make_train_data(args, rt: Runtime) -> tuple:
+    """(dataset, sampler, iterations per epoch) for this process."""
     dataset = utils.TrainSet(args.trainset_dir, args.upscale_factor, args.crop_size,
                              augment=True, cache=args.cache)
     per_rank = len(dataset) // rt.world_size
     iters = args.iters_per_epoch or max(1, per_rank // args.batch_size)
     sampler = EpochSampler(len(dataset), iters * args.batch_size, rt.rank, rt.world_size,
                            args.seed)
-    # Workers are re-created each epoch and seeded from the main RNG, which run() reseeds
-    # at every epoch start: an epoch's crops depend only on (seed, epoch, rank).
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-        pin_memory=rt.device.type == 'cuda', drop_last=True,
-        prefetch_factor=4 if args.workers else None)
-    return loader, sampler, iters
+    return dataset, sampler, iters
+
+
+def epoch_loader(args, rt: Runtime, dataset, sampler):
+    """This epoch's DataLoader, made after run() reseeds the data RNG, with workers that do
+    not outlive the epoch: an epoch's crops depend only on (seed, epoch, rank), so resuming
+    is exact with any worker count."""
+    return utils.make_loader(dataset, args.batch_size, args.workers, sampler=sampler,
+                             device_type=rt.device.type, persistent_workers=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,7 +593,7 @@ def open_tensorboard(args, rt: Runtime):
 
 def run(args, rt: Runtime) -> None:
     """The whole training run in this process (one of several under DDP)."""
-    loader, sampler, iters = make_train_loader(args, rt)
+    dataset, sampler, iters = make_train_data(args, rt)
     s = build(args, rt)
     start, history, best = 1, [], -math.inf
     if args.resume is not None:
@@ -606,7 +609,7 @@ def run(args, rt: Runtime) -> None:
     if rt.master:
         os.makedirs(args.out_dir, exist_ok=True)
         remove_stale_temporaries(args.out_dir)
-        rt.log(f'{variant(args)} x{args.upscale_factor}: {len(loader.dataset)} training images, '
+        rt.log(f'{variant(args)} x{args.upscale_factor}: {len(dataset)} training images, '
                f'{iters} iterations/epoch, batch {args.batch_size} x {rt.world_size} process(es), '
                f'device {rt.device}, precision {rt.amp_dtype or torch.float32}')
     tb = open_tensorboard(args, rt)
@@ -616,6 +619,7 @@ def run(args, rt: Runtime) -> None:
         # The data RNG (crops, flips, worker seeds) restarts from (seed, epoch, rank) each
         # epoch: resuming is exact for any worker count, and ranks crop differently.
         torch.manual_seed(args.seed * 1000003 + epoch * 1009 + rt.rank)
+        loader = epoch_loader(args, rt, dataset, sampler)
         t0 = time.time()
         row = {'epoch': epoch, **train_epoch(args, rt, s, loader, epoch, iters)}
         seconds = time.time() - t0

@@ -361,7 +361,9 @@ def test_iters_per_epoch_sets_the_loader_length(data):
     for extra, iters in (([], 2), (['--iters_per_epoch', '5'], 5)):
         args = train.get_args(['--trainset_dir', str(data / 'train'), '--batch_size', '2',
                                '--crop_size', '32', '--workers', '0', *extra])
-        loader, _, n = train.make_train_loader(args, train.Runtime(args))
+        rt = train.Runtime(args)
+        dataset, sampler, n = train.make_train_data(args, rt)
+        loader = train.epoch_loader(args, rt, dataset, sampler)
         assert n == len(loader) == iters  # default: 4 images // batch 2
     assert train.get_args(['--epochs', '10']).lr_step == 5
 
