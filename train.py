@@ -509,8 +509,7 @@ def train_epoch(args, rt: Runtime, s: dict, loader, epoch: int, iters: int) -> d
         sums = stacked if sums is None else sums + stacked
         # remember the first non-finite iteration without a host sync
         bad = ~torch.isfinite(stacked).all()
-        first_bad = torch.where(bad & (first_bad < 0), torch.tensor(it, device=rt.device),
-                                first_bad)
+        first_bad = torch.where(bad & (first_bad < 0), it, first_bad)
         if it % args.log_every == 0 or it == iters:
             if rt.distributed:  # a NaN on any rank stops every rank at the same iteration
                 dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)

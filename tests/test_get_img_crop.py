@@ -173,17 +173,28 @@ def xdotool(*args, env):
                           capture_output=True, text=True).stdout
 
 
+def open_window(images, env):
+    """Start get_img_crop.py on `images` without boxes; returns (process, window id) once
+    its selection window is mapped."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'get_img_crop.py'), '--image',
+                             *map(str, images)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wid = xdotool('search', '--sync', '--onlyvisible', '--name', gic.WINDOW_TITLE,
+                      env=env).split()[0]
+    except BaseException:
+        proc.kill()
+        raise
+    time.sleep(0.3)  # let Tk finish mapping before events arrive
+    return proc, wid
+
+
 @pytest.mark.skipif(not shutil.which('xdotool'), reason='xdotool is not installed')
 def test_interactive_selection(pair, display):
     lr, sr = pair
     env = {**os.environ, 'DISPLAY': display}
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'get_img_crop.py'),
-                             '--image', str(lr), str(sr)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, wid = open_window([lr, sr], env)
     try:
-        wid = xdotool('search', '--sync', '--onlyvisible', '--name', gic.WINDOW_TITLE,
-                      env=env).split()[0]
-        time.sleep(0.3)  # let Tk finish mapping before events arrive
         # the 40x32 image on a 1280x1024 screen is shown enlarged, at the window's top left
         scale = gic.window_scale((40, 32), (1280, 1024))
         assert scale == 4
@@ -209,13 +220,8 @@ def test_interactive_selection(pair, display):
 @pytest.mark.skipif(not shutil.which('xdotool'), reason='xdotool is not installed')
 def test_interactive_escape_cancels(pair, display):
     env = {**os.environ, 'DISPLAY': display}
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'get_img_crop.py'), '--image',
-                             str(pair[0])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, _ = open_window([pair[0]], env)
     try:
-        wid = xdotool('search', '--sync', '--onlyvisible', '--name', gic.WINDOW_TITLE,
-                      env=env).split()[0]
-        time.sleep(0.3)
         xdotool('key', 'Escape', env=env)
         _, err = proc.communicate(timeout=30)
     finally:
