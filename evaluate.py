@@ -6,7 +6,7 @@
 
 Each folder holds HR images. Per image: HR cropped to a multiple of the scale, LR = the project's
 bicubic degradation (utils.downscale), then every method upscales LR and is scored against HR
-with utils.image_metrics (8-bit, border of `scale` pixels cropped, BT.601 YCbCr; DESIGN.md).
+with utils.image_metrics (8-bit, border of `scale` pixels cropped, BT.601 YCbCr; README.md, "Conventions").
 The table printed is the mean over a folder's images of each per-image value.
 """
 import argparse

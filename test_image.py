@@ -19,7 +19,6 @@ BatchNorm is folded into the convolutions, activations are channels_last, and bf
 used where the hardware supports it (--amp auto).
 """
 import argparse
-import math
 import os
 import sys
 import time
@@ -31,53 +30,12 @@ from torch import nn
 
 from model import Generator
 from utils import (CheckpointError, ImageError, autocast_dtype, downscale, image_metrics, imresize,
-                   inference_model, list_images, load_generator, load_image, modcrop, save_image,
-                   super_resolve, TILE_OVERLAP)
+                   inference_model, list_images, load_generator, load_image, max_tile, modcrop,
+                   pick_tile, save_image, super_resolve, TILE_OVERLAP)
 
 DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
                               'srgan_x4.pth')
-# LR pixels each tile shares with its neighbours on every side. SRResNet's receptive field
-# reaches ~40 LR pixels, but in a trained network far pixels matter little. Measured with the
-# shipped weights, tiles of 2 * overlap + 48 against the whole image, rounded to 8 bits: with
-# overlap 8 SRGAN differs by up to 9/255; with 12 and 16 by 1/255 at up to 2000 and 130 values;
-# with 24 by 1/255 at 4 values at most (fp32). bf16 runs differ by 1/255 at <1% of the values
-# for any overlap from 12 on (bf16 rounding of the activations), never by more. CUDA fp32, bf16
-# and fp16 (a quickly trained network): at most 1/255 from 12 on.
-# Activation memory one tile may use on the CPU; on CUDA a quarter of the free memory.
-CPU_TILE_BUDGET = 1 << 30
 BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, normalised
-
-
-# ---------------------------------------------------------------------------------------------
-# Device, precision and the inference model
-# ---------------------------------------------------------------------------------------------
-
-def max_tile(scale: int, device: torch.device, dtype=None) -> int:
-    """The largest tile side (LR pixels) whose activations fit the memory budget."""
-    if device.type == 'cuda':
-        budget = torch.cuda.mem_get_info(device)[0] // 4
-    else:
-        budget = CPU_TILE_BUDGET
-    elem = 4 if dtype is None else 2
-    # Peak: two 64-channel maps at the output resolution (upsampler output and its
-    # activation) plus a few 64-channel LR maps; x1.5 for allocator slack and workspaces.
-    per_pixel = (128 * scale ** 2 + 256) * elem * 1.5
-    return max(64, int(math.sqrt(budget / per_pixel)) // 8 * 8)
-
-
-def pick_tile(h: int, w: int, largest: int, overlap: int) -> int:
-    """Tile side for an h x w LR image: 0 (whole image) when it fits in `largest`, else the
-    smallest tile that covers it with as many tiles as `largest` would need (less overlap
-    work than cutting `largest`-sized tiles and a thin one at the end)."""
-    if h <= largest and w <= largest:
-        return 0
-    step = largest - 2 * overlap
-
-    def side(length: int) -> int:
-        n = max(1, math.ceil((length - 2 * overlap) / step))
-        return math.ceil((length + 2 * overlap * (n - 1)) / n)
-
-    return max(side(h), side(w))
 
 
 # ---------------------------------------------------------------------------------------------

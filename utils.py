@@ -1,8 +1,18 @@
-"""Everything the scripts share: image I/O, colour, MATLAB-style imresize, PSNR/SSIM, datasets,
-sub-image preparation (this file's __main__), checkpoints, and tiled inference.
+"""Everything the scripts share, in data-flow order:
 
-Conventions (DESIGN.md): tensors are RGB float32 in [0, 1], CHW or NCHW; metrics are computed
-on 8-bit images with BT.601 (MATLAB) YCbCr.
+    1. Image I/O      files <-> (3, H, W) float tensors; ImageError; atomic writes
+    2. Colour         RGB <-> BT.601 YCbCr (MATLAB's rgb2ycbcr)
+    3. Resize         MATLAB-compatible bicubic imresize, modcrop, the degradation (downscale)
+    4. Metrics        PSNR / SSIM on 8-bit images, as the published tables compute them
+    5. Datasets       TrainSet (random crops), ValidSet (whole images), make_loader
+    6. Preparation    cutting training images into sub-images; this file's command line
+    7. Checkpoints    safe loading, atomic saving, weights files, load_generator
+    8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve
+
+Conventions (README.md, "Conventions"): tensors are RGB float32 in [0, 1], CHW or NCHW;
+metrics are computed on 8-bit images with BT.601 (MATLAB) YCbCr.
+
+    python utils.py --input data/DIV2K_train_HR --output data/DIV2K_train_sub
 """
 import argparse
 import functools
@@ -21,12 +31,17 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from model import Generator, fuse_batchnorm
+
+
+# =============================================================================================
+# 1. Image I/O
+# Files in and out. Tensors are RGB float32 in [0, 1], (3, H, W); every unusable input
+# raises ImageError (one line naming the file); every file is written atomically.
+# =============================================================================================
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
-
-# ---------------------------------------------------------------------------------------------
-# Image I/O
-# ---------------------------------------------------------------------------------------------
 
 class ImageError(Exception):
     """An input image that cannot be used; str() is one line naming the file and the problem."""
@@ -140,9 +155,10 @@ def save_image(x: torch.Tensor, path: str, alpha: torch.Tensor = None) -> None:
     atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
 
 
-# ---------------------------------------------------------------------------------------------
-# Colour: BT.601 YCbCr, MATLAB convention (rgb2ycbcr / ycbcr2rgb)
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# 2. Colour
+# BT.601 YCbCr in the MATLAB convention (rgb2ycbcr / ycbcr2rgb): Y in [16, 235] / 255.
+# =============================================================================================
 
 _RGB2YCBCR = torch.tensor([[65.481, 128.553, 24.966],
                            [-37.797, -74.203, 112.0],
@@ -169,9 +185,11 @@ def ycbcr_to_rgb(x):
     return torch.einsum('ij,...jhw->...ihw', inv, x - o.view(3, 1, 1))
 
 
-# ---------------------------------------------------------------------------------------------
-# MATLAB-compatible bicubic imresize
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# 3. Resize
+# MATLAB's imresize (bicubic, antialiased) on (..., H, W) tensors, modcrop, and downscale,
+# the project's one degradation (training, validation, evaluation, --downsample bicubic).
+# =============================================================================================
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:
     """Keys' cubic convolution kernel with a = -0.5 (MATLAB's 'bicubic')."""
@@ -260,9 +278,21 @@ def modcrop(x, scale: int):
     return x[..., :h - h % scale, :w - w % scale]
 
 
-# ---------------------------------------------------------------------------------------------
-# Metrics: on 8-bit images, border cropped, float64 (DESIGN.md)
-# ---------------------------------------------------------------------------------------------
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] values to the 8-bit grid, as an LR image saved to disk would be."""
+    return x.clamp(0, 1).mul(255).round().div(255)
+
+
+def downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The project's one degradation: MATLAB bicubic shrink by 1/scale, rounded to 8 bits."""
+    return quantize(imresize(hr, 1.0 / scale))
+
+
+# =============================================================================================
+# 4. Metrics
+# PSNR / SSIM on 8-bit images (SR rounded first), border of `scale` pixels cropped,
+# BT.601 YCbCr, float64; "Y" = luma only, "YCbCr" = all three channels.
+# =============================================================================================
 
 def _as_uint8_hwc(img) -> np.ndarray:
     """Accept a (3, H, W) [0, 1] tensor or an HxWx3 / HxW uint8 array."""
@@ -340,19 +370,11 @@ def image_metrics(sr, hr, scale: int) -> dict:
             'psnr_ycbcr': psnr(sr, hr, scale, False), 'ssim_ycbcr': ssim(sr, hr, scale, False)}
 
 
-# ---------------------------------------------------------------------------------------------
-# Datasets
-# ---------------------------------------------------------------------------------------------
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round [0, 1] values to the 8-bit grid, as an LR image saved to disk would be."""
-    return x.clamp(0, 1).mul(255).round().div(255)
-
-
-def downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The project's one degradation: MATLAB bicubic shrink by 1/scale, rounded to 8 bits."""
-    return quantize(imresize(hr, 1.0 / scale))
-
+# =============================================================================================
+# 5. Datasets
+# Training crops and validation images as (lr, hr) float tensors, and the DataLoader
+# recipe; randomness comes from seeded torch generators so runs reproduce.
+# =============================================================================================
 
 def image_to_uint8(img: Image.Image) -> np.ndarray:
     """HxWx3 uint8 RGB array of a PIL image: alpha dropped, 16-bit and float scaled to 8 bits."""
@@ -518,9 +540,12 @@ def make_loader(dataset, batch_size: int, workers: int = 4, shuffle: bool = True
         worker_init_fn=seed_worker, generator=generator)
 
 
-# ---------------------------------------------------------------------------------------------
-# Sub-image preparation: python utils.py --input data/DIV2K_train_HR --output data/DIV2K_train_sub
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# 6. Preparation
+# Cutting training images into sub-images once, and the command line of this file:
+# python utils.py --input data/DIV2K_train_HR --output data/DIV2K_train_sub
+# =============================================================================================
+
 # Training reads a random 96px crop per sample. Decoding a whole 2K PNG for it costs ~50-70 ms;
 # cutting the images once into overlapping 480px sub-images makes each sample a ~5 ms decode
 # (benchmarks/bench_data.py measures the gain).
@@ -670,9 +695,11 @@ def main(argv=None) -> int:
     return 1 if totals['failed'] else 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints and weights files
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# 7. Checkpoints
+# Checkpoints and weights files: every load is torch.load(weights_only=True), every save
+# atomic; a file that cannot be used raises CheckpointError (one line naming it).
+# =============================================================================================
 
 class CheckpointError(Exception):
     """A weights or checkpoint file that cannot be used; str() names the file."""
@@ -754,7 +781,6 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     """Build the Generator a weights file describes and load it (float32, eval mode).
 
     `upscale_factor`, when given, must agree with the file. Raises CheckpointError."""
-    from model import Generator
     sd, cfg = _generator_state(load_checkpoint(path))
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f'{path}: holds no generator state_dict')
@@ -776,9 +802,11 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     return g.to(device).eval()
 
 
-# ---------------------------------------------------------------------------------------------
-# Precision
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# 8. Inference
+# Running a generator on whole images: autocast precision, the tiling policy (tile size,
+# overlap), tiled_forward, and the inference model (BatchNorm folded, channels_last).
+# =============================================================================================
 
 def cpu_has_bf16() -> bool:
     """Whether the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
@@ -807,9 +835,45 @@ def autocast_dtype(amp: str, device: torch.device):
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
-# ---------------------------------------------------------------------------------------------
-# Tiled inference
-# ---------------------------------------------------------------------------------------------
+# LR pixels each tile shares with its neighbours on every side. SRResNet's receptive field
+# reaches ~40 LR pixels, but in a trained network far pixels matter little. Measured with the
+# shipped weights, tiles of 2 * overlap + 48 against the whole image, rounded to 8 bits: with
+# overlap 8 SRGAN differs by up to 9/255; with 12 and 16 by 1/255 at up to 2000 and 130 values;
+# with 24 by 1/255 at 4 values at most (fp32). bf16 runs differ by 1/255 at <1% of the values
+# for any overlap from 12 on (bf16 rounding of the activations), never by more. CUDA fp32, bf16
+# and fp16 (a quickly trained network): at most 1/255 from 12 on.
+TILE_OVERLAP = 24
+# Activation memory one tile may use on the CPU; on CUDA a quarter of the free memory.
+CPU_TILE_BUDGET = 1 << 30
+
+
+def max_tile(scale: int, device: torch.device, dtype=None) -> int:
+    """The largest tile side (LR pixels) whose activations fit the memory budget."""
+    if device.type == 'cuda':
+        budget = torch.cuda.mem_get_info(device)[0] // 4
+    else:
+        budget = CPU_TILE_BUDGET
+    elem = 4 if dtype is None else 2
+    # Peak: two 64-channel maps at the output resolution (upsampler output and its
+    # activation) plus a few 64-channel LR maps; x1.5 for allocator slack and workspaces.
+    per_pixel = (128 * scale ** 2 + 256) * elem * 1.5
+    return max(64, int(math.sqrt(budget / per_pixel)) // 8 * 8)
+
+
+def pick_tile(h: int, w: int, largest: int, overlap: int) -> int:
+    """Tile side for an h x w LR image: 0 (whole image) when it fits in `largest`, else the
+    smallest tile that covers it with as many tiles as `largest` would need (less overlap
+    work than cutting `largest`-sized tiles and a thin one at the end)."""
+    if h <= largest and w <= largest:
+        return 0
+    step = largest - 2 * overlap
+
+    def side(length: int) -> int:
+        n = max(1, math.ceil((length - 2 * overlap) / step))
+        return math.ceil((length + 2 * overlap * (n - 1)) / n)
+
+    return max(side(h), side(w))
+
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list:
     if length <= tile:
@@ -853,20 +917,10 @@ def tiled_forward(model, lr: torch.Tensor, scale: int, tile: int = 0,
     return out
 
 
-if __name__ == '__main__':
-    sys.exit(main())
-
-
-# LR pixels of context each tile shares with its neighbours: with the shipped weights, tiled and
-# whole-image fp32 results then differ by 1/255 at no more than a few values (8 gives up to 9/255).
-TILE_OVERLAP = 24
-
-
 def inference_model(generator: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The generator as run for inference: BatchNorm folded into the convolutions, eval
     mode, no gradients, channels_last weights on `device` (oneDNN's and cuDNN's fast
     layout for these convolutions)."""
-    from model import fuse_batchnorm
     model = fuse_batchnorm(generator).to(device).eval().requires_grad_(False)
     return model.to(memory_format=torch.channels_last)
 
@@ -880,3 +934,7 @@ def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: in
                                                 enabled=dtype is not None):
         sr = tiled_forward(model, x, scale, tile, overlap)
     return sr[0].float().cpu()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

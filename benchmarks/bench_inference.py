@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import test_image  # noqa: E402
 import utils  # noqa: E402
 from model import Generator  # noqa: E402
 
@@ -77,8 +76,8 @@ def conv_flops_per_pixel(g: Generator) -> float:
 
 def project_tile(size: int, dtype) -> int:
     """The tile test_image.py picks for a size x size input on the CPU (0 = whole image)."""
-    largest = test_image.max_tile(SCALE, torch.device('cpu'), dtype)
-    return test_image.pick_tile(size, size, largest, utils.TILE_OVERLAP)
+    largest = utils.max_tile(SCALE, torch.device('cpu'), dtype)
+    return utils.pick_tile(size, size, largest, utils.TILE_OVERLAP)
 
 
 def peak_rss() -> int:

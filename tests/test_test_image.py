@@ -216,7 +216,7 @@ def test_tile_flag_and_auto_tiles(weights, tmp_path, capsys, monkeypatch):
     Image.fromarray(natural(72, 80)).save(tmp_path / 'p.png')
     common = ['--image', tmp_path / 'p.png', '--weight', weights[2], '--amp', 'off']
     assert run(common + ['--tile', 0, '--out_dir', tmp_path / 'whole'], capsys)[0] == 0
-    monkeypatch.setattr(test_image, 'CPU_TILE_BUDGET', 1 << 20)  # forces the smallest tiles
+    monkeypatch.setattr(utils, 'CPU_TILE_BUDGET', 1 << 20)  # forces the smallest tiles
     rc, out, _ = run(common + ['--out_dir', tmp_path / 'auto'], capsys)
     assert rc == 0 and 'tiles of' in out
     whole = np.asarray(Image.open(tmp_path / 'whole' / 'p' / 'sr_p.png')).astype(int)
@@ -227,7 +227,7 @@ def test_tile_flag_and_auto_tiles(weights, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize('h, w, largest, overlap', [(100, 100, 200, 24), (1024, 1024, 400, 24),
                                                     (300, 1000, 256, 16), (97, 513, 64, 8)])
 def test_pick_tile(h, w, largest, overlap):
-    tile = test_image.pick_tile(h, w, largest, overlap)
+    tile = utils.pick_tile(h, w, largest, overlap)
     if max(h, w) <= largest:
         assert tile == 0
         return
@@ -239,8 +239,8 @@ def test_pick_tile(h, w, largest, overlap):
 
 def test_max_tile_memory_budget():
     cpu = torch.device('cpu')
-    assert test_image.max_tile(4, cpu, torch.bfloat16) > test_image.max_tile(4, cpu)
-    assert test_image.max_tile(2, cpu) > test_image.max_tile(4, cpu) > test_image.max_tile(8, cpu)
+    assert utils.max_tile(4, cpu, torch.bfloat16) > utils.max_tile(4, cpu)
+    assert utils.max_tile(2, cpu) > utils.max_tile(4, cpu) > utils.max_tile(8, cpu)
 
 
 def test_amp_choice(monkeypatch):
