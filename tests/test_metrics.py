@@ -11,7 +11,10 @@ from PIL import Image
 import evaluate
 import utils
 
-SET5 = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'benchmarks' / 'Set5'
+# Real benchmark images: data/Set5 as `python scripts/download_data.py benchmarks` leaves it, or
+# $SRGAN_BENCHMARKS/Set5 when that variable names a folder holding the sets.
+SET5 = Path(os.environ.get('SRGAN_BENCHMARKS')
+            or Path(__file__).resolve().parents[1] / 'data') / 'Set5'
 SCALES = [1 / 4, 1 / 3, 1 / 2, 2, 3, 4]
 
 
