@@ -64,9 +64,11 @@ def find_images(folder: str) -> list:
     return paths
 
 
-def load_hr_lr(path: str, scale: int) -> tuple:
+def load_hr_lr(path: str, scale: int, max_megapixels: float = utils.MAX_MEGAPIXELS) -> tuple:
     """(hr, lr) as (3, H, W) tensors: HR modcropped, LR its bicubic downscale. Raises ImageError
-    for unreadable images and for ones too small to score."""
+    for unreadable images, ones over max_megapixels (from the header, before decoding) and
+    ones too small to score."""
+    utils.check_pixels(path, max_megapixels)
     hr, _ = utils.load_image(path)
     hr = utils.modcrop(hr, scale)
     smallest = 2 * scale + SSIM_WINDOW  # the SSIM window must fit once the border is cropped
@@ -78,7 +80,7 @@ def load_hr_lr(path: str, scale: int) -> tuple:
 
 
 def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
-                    progress: bool = True) -> tuple:
+                    progress: bool = True, max_megapixels: float = utils.MAX_MEGAPIXELS) -> tuple:
     """Score every image of `folder` (or the given `paths` in it) with every method.
 
     Returns (rows, errors): rows are per-image dicts with dataset, method, image and the four
@@ -89,7 +91,7 @@ def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
     rows, errors = [], []
     for path in tqdm(paths, desc=dataset, unit='img', disable=not progress, file=sys.stderr):
         try:
-            hr, lr = load_hr_lr(path, scale)
+            hr, lr = load_hr_lr(path, scale, max_megapixels)
         except utils.ImageError as e:
             errors.append(str(e))
             tqdm.write(f'error: {e}', file=sys.stderr)
@@ -156,10 +158,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='off',
                         help='autocast for the generators: off = exact float32 (default); auto = '
                              'bf16 where the GPU/CPU has native bf16, else float32')
-    parser.add_argument('--tile', type=int, default=0, metavar='N',
+    parser.add_argument('--tile', type=utils.number(int, 0), default=0, metavar='N',
                         help='run the generators on N x N LR tiles to bound memory (0 = whole)')
     parser.add_argument('--json', metavar='FILE', help='write the table rows as JSON')
     parser.add_argument('--csv', metavar='FILE', help='write per-image metrics as CSV')
+    parser.add_argument('--max_megapixels', type=utils.number(float, 0, low_open=True),
+                        default=utils.MAX_MEGAPIXELS,
+                        help='skip larger HR images (checked from the file header, before '
+                             'decoding)')
     args = parser.parse_args(argv)
     if 0 < args.tile <= 2 * utils.TILE_OVERLAP:
         parser.error(f'--tile: must be 0 (whole images) or more than {2 * utils.TILE_OVERLAP}, '
@@ -186,8 +192,10 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = amp_dtype is not None
     scale = args.upscale_factor
 
-    # Check every weights file and folder before the long part, so a typo fails at once.
-    problems = []
+    utils.set_max_megapixels(args.max_megapixels)
+    # Check every weights file, folder and output before the long part, so a typo fails at once.
+    problems = [f'{flag} {problem}' for flag, path in (('--json', args.json), ('--csv', args.csv))
+                if path and (problem := utils.output_problem(path))]
     methods = {'Bicubic': bicubic_method(scale)}
     for name, path in args.weight:
         try:
@@ -209,16 +217,21 @@ def main(argv=None) -> int:
 
     rows, skipped = [], []
     for folder, paths in folders:
-        folder_rows, errors = evaluate_folder(folder, methods, scale, paths)
+        folder_rows, errors = evaluate_folder(folder, methods, scale, paths,
+                                              max_megapixels=args.max_megapixels)
         rows += folder_rows
         skipped += errors
     summary = summarize(rows)
-    print(format_table(summary))
-    if args.json:
-        write_json(summary, args.json)
-    if args.csv:
-        write_csv(rows, args.csv)
-    return 1 if skipped else 0
+    print(format_table(summary), flush=True)
+    failed = bool(skipped)
+    for write, data, path in ((write_json, summary, args.json), (write_csv, rows, args.csv)):
+        try:
+            if path:
+                write(data, path)
+        except OSError as e:  # checked before the work, yet the disk filled up: the table stays
+            print(f'error: {utils.write_failure(path, e)}', file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':

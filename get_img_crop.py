@@ -10,11 +10,15 @@ Boxes come from --coords (a JSON file this script saved earlier), from --box X,Y
 (repeatable), or, when neither is given, from a window showing the first image: drag to draw
 boxes, Enter to finish, Escape to cancel. Boxes are in the first image's pixels and are scaled
 by the size ratio for images of other sizes (an x4 SR next to its LR), so the same region is cut
-from each. Selected boxes are saved to {stem}_coords.json next to the first image.
+from each. Selected boxes are saved to {stem}_coords.json next to the first image. Coordinates
+in a coords file must be JSON integers. A negative value in --box is read as such
+(--box -5,0,10,10), and refused as outside the image.
 
 Writes, next to each image NAME: {i}_crop_NAME (patch i, framed in its box colour) and
 annotated_NAME (the image with every box drawn); and comparison_{i}.png (one per box, the
-patches of all images side by side, labelled) next to the first image or in --out_dir.
+patches of all images side by side, labelled) next to the first image. With --out_dir every
+output goes there instead (two inputs with the same NAME become STEM_K.EXT, K their position).
+Images larger than --max_megapixels (default 100) are refused from their header.
 """
 import argparse
 import json
@@ -24,7 +28,8 @@ import sys
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from utils import ImageError, load_image, to_uint8
+from utils import MAX_MEGAPIXELS, ImageError, check_pixels, load_image, number, \
+    set_max_megapixels, to_uint8
 
 # Distinct colours for boxes 0, 1, 2, ... (repeats after the last).
 PALETTE = ('#e6194b', '#3cb44b', '#4363d8', '#ffe119', '#f032e6', '#42d4f4', '#f58231',
@@ -74,9 +79,9 @@ def scale_box(box: tuple, src_size: tuple, dst_size: tuple) -> tuple:
     return x0, y0, x1 - x0, y1 - y0
 
 
-def coords_path(image_path: str) -> str:
+def coords_path(image_path: str, out_dir: str = None) -> str:
     stem = os.path.splitext(os.path.basename(image_path))[0]
-    return os.path.join(os.path.dirname(image_path), f'{stem}_coords.json')
+    return os.path.join(out_dir or os.path.dirname(image_path), f'{stem}_coords.json')
 
 
 def default_colors(n: int) -> list:
@@ -94,6 +99,14 @@ def save_coords(path: str, image_path: str, size: tuple, boxes: list, colors: li
     os.replace(tmp, path)
 
 
+def _integers(values) -> tuple:
+    """The JSON numbers `values` as a tuple of ints; ValueError for anything else (floats,
+    booleans, strings, Infinity and 1e400, which JSON reads as infinite floats)."""
+    if not isinstance(values, list) or not all(type(v) is int for v in values):
+        raise ValueError(f'expected integers, got {json.dumps(values)}')
+    return tuple(values)
+
+
 def load_coords(path: str, size: tuple) -> tuple:
     """(boxes, colours) from a coords file, the boxes scaled from the image size it records
     to `size`."""
@@ -105,8 +118,8 @@ def load_coords(path: str, size: tuple) -> tuple:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CropError(f'{path}: not a JSON coords file ({e})') from None
     try:
-        src_size = tuple(int(v) for v in data['size'])
-        boxes = [tuple(int(v) for v in b['box']) for b in data['boxes']]
+        src_size = _integers(data['size'])
+        boxes = [_integers(b['box']) for b in data['boxes']]
         colors = [b.get('color', default) for b, default
                   in zip(data['boxes'], default_colors(len(boxes)))]
         if len(src_size) != 2 or min(src_size) <= 0 or not boxes:
@@ -116,9 +129,11 @@ def load_coords(path: str, size: tuple) -> tuple:
                 raise ValueError
             check_box(b, src_size, path)
             ImageColor.getrgb(c)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise CropError(f'{path}: not a coords file (expected {{"size": [W, H], "boxes": '
-                        '[{"box": [X, Y, W, H]}, ...]}, as this script saves)') from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        detail = f' ({e})' if str(e).startswith('expected integers') else ''
+        raise CropError(f'{path}: not a coords file{detail}; expected {{"size": [W, H], '
+                        '"boxes": [{"box": [X, Y, W, H]}, ...]} with integers, as this script '
+                        'saves') from None
     return [scale_box(b, src_size, size) for b in boxes], colors
 
 
@@ -303,11 +318,21 @@ def select_boxes(img: Image.Image, name: str) -> list:
 # Command line
 # ---------------------------------------------------------------------------------------------
 
-def write_crops(path: str, img: Image.Image, boxes: list, colors: list,
-                first_size: tuple) -> list:
-    """Write {i}_crop_NAME and annotated_NAME next to `path`; returns the bare patches."""
+def output_names(paths: list, out_dir: str = None) -> list:
+    """(folder, NAME) for each image's crops: next to the image, or in out_dir, where a NAME
+    that two images share becomes STEM_K.EXT (K: the image's position in --image, from 1)."""
+    names = [os.path.basename(p) for p in paths]
+    if not out_dir:
+        return [(os.path.dirname(p), n) for p, n in zip(paths, names)]
+    return [(out_dir, n if names.count(n) == 1 else
+             f'{os.path.splitext(n)[0]}_{k}{os.path.splitext(n)[1]}')
+            for k, n in enumerate(names, 1)]
+
+
+def write_crops(path: str, img: Image.Image, boxes: list, colors: list, first_size: tuple,
+                folder: str, name: str) -> list:
+    """Write {i}_crop_NAME and annotated_NAME in `folder`; returns the bare patches."""
     scaled = [scale_box(b, first_size, img.size) for b in boxes]
-    folder, name = os.path.split(path)
     for i, (box, color) in enumerate(zip(scaled, colors)):
         save(framed_patch(img, box, color), os.path.join(folder, f'{i}_crop_{name}'))
     save(annotate(img, scaled, colors), os.path.join(folder, f'annotated_{name}'))
@@ -325,8 +350,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='a box in the first image (repeatable)')
     p.add_argument('--labels', help='comma-separated captions, one per image '
                                     '(default: the file names without extension)')
-    p.add_argument('--out_dir', help='folder for the comparison pictures (default: the first '
-                                     'image\'s folder)')
+    p.add_argument('--out_dir', help='folder for every output: crops, annotated images, '
+                                     'comparisons and the boxes (default: crops and annotated '
+                                     'images next to each image, the rest next to the first)')
+    p.add_argument('--max_megapixels', type=number(float, 0, low_open=True),
+                   default=MAX_MEGAPIXELS,
+                   help='refuse larger images (checked from the file header, before decoding)')
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # argparse takes '-5,0,10,10' for an option: glue such a value to its --box
+    for i in range(len(argv) - 1, 0, -1):
+        if argv[i - 1] == '--box' and argv[i][:1] == '-' and argv[i][1:2].isdigit():
+            argv[i - 1:i + 1] = [f'--box={argv[i]}']
     return p.parse_args(argv)
 
 
@@ -350,7 +384,7 @@ def get_boxes(args: argparse.Namespace, first: Image.Image) -> tuple:
         if not boxes:
             raise CropError('no boxes selected (cancelled); nothing written')
     colors = default_colors(len(boxes))
-    path = coords_path(args.image[0])
+    path = coords_path(args.image[0], args.out_dir)
     try:
         save_coords(path, args.image[0], first.size, boxes, colors)
     except OSError as e:
@@ -366,9 +400,11 @@ def main(argv=None) -> int:
     if len(labels) != len(args.image):
         error(f'--labels gives {len(labels)} label(s) for {len(args.image)} image(s)')
         return 2
+    set_max_megapixels(args.max_megapixels)
     images, failed = {}, 0
     for path in args.image:
         try:
+            check_pixels(path, args.max_megapixels)
             images[path] = read_rgb(path)
         except ImageError as e:
             error(str(e))
@@ -377,33 +413,42 @@ def main(argv=None) -> int:
     if first not in images:
         return 1
     try:
+        if args.out_dir:
+            os.makedirs(args.out_dir, exist_ok=True)
         boxes, colors = get_boxes(args, images[first])
+    except OSError as e:
+        error(f'{args.out_dir}: cannot create the output folder ({e.strerror or e})')
+        return 1
     except CropError as e:
         error(str(e))
         return 1
 
     patches = [[] for _ in boxes]
     kept_labels = []
-    for path, label in zip(args.image, labels):
+    hint = '' if args.out_dir else '; pass --out_dir to write the outputs elsewhere'
+    for path, label, (folder, name) in zip(args.image, labels,
+                                           output_names(args.image, args.out_dir)):
         if path not in images:
             continue
         try:
-            row = write_crops(path, images[path], boxes, colors, images[first].size)
+            row = write_crops(path, images[path], boxes, colors, images[first].size, folder,
+                              name)
         except OSError as e:
-            error(f'{path}: cannot write its crops ({e})')
+            error(f'{path}: cannot write its crops ({e}){hint}')
             failed += 1
             continue
         for i, patch in enumerate(row):
             patches[i].append(patch)
         kept_labels.append(label)
+    if not kept_labels:
+        return 1
     out_dir = args.out_dir or os.path.dirname(first) or '.'
     try:
-        os.makedirs(out_dir, exist_ok=True)
         for i, row in enumerate(patches):
             out = save(comparison(row, kept_labels), os.path.join(out_dir, f'comparison_{i}.png'))
             print(f'wrote {out}')
     except OSError as e:
-        error(f'{out_dir}: cannot write the comparison pictures ({e})')
+        error(f'{out_dir}: cannot write the comparison pictures ({e}){hint}')
         return 1
     return 1 if failed else 0
 

@@ -29,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from model import Generator
+from utils import MAX_MEGAPIXELS, check_pixels, number, output_problem, set_max_megapixels
 from utils import (CheckpointError, ImageError, autocast_dtype, downscale, image_metrics, imresize,
                    inference_model, list_images, load_generator, load_image, max_tile, modcrop,
                    pick_tile, save_image, super_resolve, TILE_OVERLAP)
@@ -177,6 +178,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f'LR pixels shared by neighbouring tiles (default {TILE_OVERLAP})')
     p.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='auto',
                    help='autocast: auto = bf16 where the GPU/CPU supports it, else fp32')
+    p.add_argument('--max_megapixels', type=number(float, 0, low_open=True),
+                   default=MAX_MEGAPIXELS,
+                   help='refuse inputs whose output would be larger (checked from the file '
+                        'header, before decoding)')
     return p.parse_args(argv)
 
 
@@ -224,8 +229,25 @@ def main(argv=None) -> int:
     except (ValueError, ImageError, CheckpointError) as e:
         error(str(e))
         return 1
-    model = inference_model(generator, device)
+    problem = output_problem(args.out_dir, folder=True)
+    if problem:
+        error(f'--out_dir {problem}')
+        return 2
     cfg = generator.config
+    # every input is checked from its header (size included) before anything is decoded
+    set_max_megapixels(args.max_megapixels)
+    output_scale = 1 if args.downsample == 'bicubic' else cfg['upscale_factor']
+    failed, checked = [], []
+    for path in paths:
+        try:
+            check_pixels(path, args.max_megapixels, output_scale)
+            checked.append(path)
+        except ImageError as e:
+            error(str(e))
+            failed.append(path)
+    if not checked:
+        return 1
+    model = inference_model(generator, device)
     opts = Options(scale=cfg['upscale_factor'], out_dir=args.out_dir,
                    downsample=args.downsample == 'bicubic', tile=args.tile,
                    overlap=args.tile_overlap, dtype=dtype)
@@ -233,8 +255,8 @@ def main(argv=None) -> int:
     print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks) on {device}, "
           f"{precision}, {len(paths)} image(s) -> {args.out_dir}", flush=True)
 
-    failed, results = [], []
-    for path in paths:
+    results = []
+    for path in checked:
         try:
             result = process_image(path, model, opts)
         except ImageError as e:

@@ -8,6 +8,7 @@
     6. Preparation    cutting training images into sub-images; this file's command line
     7. Checkpoints    safe loading, atomic saving, weights files, load_generator
     8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve
+    9. Flags          argparse types for bounded numbers
 
 Conventions (README.md, "Conventions"): tensors are RGB float32 in [0, 1], CHW or NCHW;
 metrics are computed on 8-bit images with BT.601 (MATLAB) YCbCr.
@@ -15,6 +16,7 @@ metrics are computed on 8-bit images with BT.601 (MATLAB) YCbCr.
     python utils.py --input data/DIV2K_train_HR --output data/DIV2K_train_sub
 """
 import argparse
+import errno
 import functools
 import math
 import multiprocessing
@@ -59,14 +61,60 @@ def list_images(root: str, recursive: bool = True) -> list:
     return sorted(paths)
 
 
-def open_image(path: str) -> Image.Image:
-    """Open and fully decode an image with EXIF orientation applied, or raise ImageError."""
+def _check_image_file(path: str) -> None:
+    """ImageError unless `path` is a non-empty file."""
     if not os.path.exists(path):
         raise ImageError(f'{path}: file not found')
     if os.path.isdir(path):
         raise ImageError(f'{path}: is a folder, not an image')
     if os.path.getsize(path) == 0:
         raise ImageError(f'{path}: empty file (0 bytes)')
+
+
+# The largest image, in megapixels, a script holds at full size: the SR output for
+# test_image.py, the HR image for evaluate.py, each input for get_img_crop.py. 100 MP is 1.2 GB
+# as a float32 tensor, and test_image.py holds about three. Checked from the file's header
+# before decoding (a 32 KB PNG can declare 12000x12000); --max_megapixels raises it.
+MAX_MEGAPIXELS = 100.0
+
+
+def image_size(path: str) -> tuple:
+    """(width, height) read from the file's header, without decoding the pixels."""
+    _check_image_file(path)
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # reading a header is safe; check_pixels judges the size
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except UnidentifiedImageError:
+        raise ImageError(f'{path}: not an image (unrecognised format)') from None
+    except Exception as e:  # a header damaged enough that Pillow cannot parse it
+        raise ImageError(f'{path}: truncated or corrupt image ({e})') from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+
+
+def check_pixels(path: str, max_megapixels: float, scale: int = 1) -> tuple:
+    """(width, height) of the image at `path`, from its header; ImageError when the image
+    upscaled `scale` times has more than `max_megapixels` million pixels."""
+    w, h = image_size(path)
+    pixels = w * h * scale ** 2
+    if pixels > max_megapixels * 1e6:
+        size = (f'would give a {w * scale}x{h * scale} output' if scale > 1 else 'is')
+        raise ImageError(f'{path}: {w}x{h} {size} of {pixels / 1e6:.4g} megapixels, over the '
+                         f'limit of {max_megapixels:g}; raise it with --max_megapixels')
+    return w, h
+
+
+def set_max_megapixels(max_megapixels: float) -> None:
+    """Match Pillow's decompression-bomb limit to --max_megapixels, so that Pillow neither
+    warns about nor refuses an image that check_pixels let through."""
+    Image.MAX_IMAGE_PIXELS = max(int(max_megapixels * 1e6), 1)
+
+
+def open_image(path: str) -> Image.Image:
+    """Open and fully decode an image with EXIF orientation applied, or raise ImageError."""
+    _check_image_file(path)
     try:
         with Image.open(path) as img:
             img.load()
@@ -138,6 +186,31 @@ def atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def output_problem(path: str, folder: bool = False) -> str:
+    """Why `path` (a file to write, or a folder to write into when `folder`) cannot be
+    written, or None. Scripts check their outputs with it before the work, not after."""
+    path = os.path.abspath(path)
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        return f'{path}: is a file, not a folder'
+    if not folder and os.path.isdir(path):
+        return f'{path}: is a folder, not a file'
+    parent = path if folder else os.path.dirname(path)
+    while not os.path.exists(parent):  # the folders atomic_write would create
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f'{parent}: is a file, so {path} cannot be created under it'
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f'{parent}: folder not writable'
+    return None
+
+
+def write_failure(path: str, e: OSError) -> str:
+    """One line for a write that failed: 'no space left writing <file>' for a full disk."""
+    if e.errno == errno.ENOSPC:
+        return f'no space left writing {path}'
+    return f'cannot write {path} ({e.strerror or e})'
 
 
 def save_image(x: torch.Tensor, path: str, alpha: torch.Tensor = None) -> None:
@@ -424,7 +497,13 @@ class TrainSet(torch.utils.data.Dataset):
     torch's global generator, which DataLoader seeds in each worker (see make_loader), so fixed
     seeds reproduce runs. The crop and augmentation work on uint8, before conversion to float.
     `cache` decodes every image up front and keeps it in memory as uint8, so that forked
-    DataLoader workers share one copy (about 7 GB for DIV2K's 800 HR images)."""
+    DataLoader workers share one copy (about 7 GB for DIV2K's 800 HR images).
+
+    An image that fails to decode (truncated or corrupt past its header, which is all the scan
+    reads) is skipped with one warning naming it: the next readable image takes its place, with
+    the same random crop, so a resumed run draws exactly what an uninterrupted one did. Such
+    images are flagged in memory shared with the DataLoader workers; check_broken() (called by
+    the training loop) stops the run once more than `max_broken` are found."""
 
     def __init__(self, root: str, upscale_factor: int = 4, crop_size: int = 96,
                  augment: bool = True, cache: bool = False):
@@ -453,20 +532,59 @@ class TrainSet(torch.utils.data.Dataset):
         if not self.paths:
             raise ImageError(f'{root}: no usable image of at least {crop_size}x{crop_size}')
         _torchvision_io()  # import once here, not in every DataLoader worker
+        self.root = root
+        self.broken = multiprocessing.RawArray('b', len(self.paths))
+        # 1% of the images may be unreadable (at least one, and never all of them)
+        self.max_broken = min(max(1, len(self.paths) // 100), len(self.paths) - 1)
         self.cache = None
         if cache:
             with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-                self.cache = list(pool.map(read_uint8, self.paths))
+                self.cache = list(pool.map(self._read, range(len(self.paths))))
+            self.check_broken()
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _read(self, i: int):
+        """Image i as a uint8 tensor, or None (flagged, with one warning) when it is broken."""
+        try:
+            img = self.cache[i] if self.cache is not None else read_uint8(self.paths[i])
+            if img is None:
+                return None
+            h, w = img.shape[-2:]
+            if min(h, w) < self.crop_size:  # the header said otherwise (the file changed)
+                raise ImageError(f'{self.paths[i]}: {w}x{h} is smaller than the '
+                                 f'{self.crop_size}px crop')
+            return img
+        except ImageError as e:
+            if not self.broken[i]:
+                self.broken[i] = 1
+                print(f'warning: {e}; skipped, the next training image is used in its place',
+                      file=sys.stderr, flush=True)
+            return None
+
+    def check_broken(self) -> None:
+        """ImageError (one line) once more than max_broken images have failed to decode."""
+        bad = np.flatnonzero(np.frombuffer(self.broken, dtype=np.int8))
+        if len(bad) > self.max_broken:
+            names = ', '.join(os.path.basename(self.paths[k]) for k in bad[:3])
+            more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
+            raise ImageError(f'{self.root}: {len(bad)} of {len(self.paths)} training images '
+                             f'cannot be decoded ({names}{more}), more than the '
+                             f'{self.max_broken} tolerated; stopped')
+
     def __getitem__(self, i: int) -> tuple:
-        img = self.cache[i] if self.cache is not None else read_uint8(self.paths[i])
+        n = len(self.paths)
+        for j in range(i, i + n):  # image i, or the next readable one in its place
+            img = None if self.broken[j % n] else self._read(j % n)
+            if img is not None:
+                return self._sample(img)
+        raise ImageError(f'{self.root}: none of the {n} training images can be decoded')
+
+    def _sample(self, img: torch.Tensor) -> tuple:
+        """A random (lr, hr) crop of a (3, H, W) uint8 image."""
         h, w = img.shape[-2:]
         c = self.crop_size
-        if h < c or w < c:  # the header said otherwise (a file changed since): name it
-            raise ImageError(f'{self.paths[i]}: {w}x{h} is smaller than the {c}px crop')
         top = int(torch.randint(0, h - c + 1, ()))
         left = int(torch.randint(0, w - c + 1, ()))
         hr = img[:, top:top + c, left:left + c]
@@ -688,6 +806,12 @@ def main(argv=None) -> int:
         parser.error(f'{args.input}: input folder not found')
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         parser.error(f'{args.output}: the output folder must differ from the input folder')
+    problem = output_problem(args.output, folder=True)
+    if problem:
+        parser.error(problem)
+    if not list_images(args.input):
+        parser.error(f'{args.input}: 0 images found ({", ".join(IMAGE_EXTENSIONS)}, searched '
+                     'recursively)')
     totals = prepare_subimages(args.input, args.output, args.crop_size, args.step,
                                args.thresh_size, args.workers, args.compress_level)
     print(f"{totals['images']} images read, {totals['written']} sub-images written, "
@@ -710,19 +834,30 @@ def save_checkpoint(state: dict, path: str) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def _unsafe_globals(path: str) -> list:
+    """The Python objects (module.name) a torch.save file would have to import to load, read
+    from its pickle without running it; [] for anything else (truncated, not a checkpoint)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return []
+
+
 def load_checkpoint(path: str) -> dict:
     """Load a checkpoint or weights file safely (weights_only=True), or raise CheckpointError."""
+    if os.path.isdir(path):
+        raise CheckpointError(f'{path}: is a folder, not a weights or checkpoint file')
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: file not found')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        if 'Unsupported global' in str(e):
-            # a genuine pickle of something other than tensors (a whole model object, say):
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            # a pickle of something other than tensors (a whole model object, or worse):
             # unpickling it could run code, so it is refused rather than loaded
-            raise CheckpointError(f'{path}: holds pickled Python objects, not just tensors; '
-                                  'refused (only state_dict weights files and checkpoints are '
-                                  'loaded, with weights_only=True)') from None
+            raise CheckpointError(f'{path}: refused: the file holds pickled Python objects '
+                                  f'(weights_only): {", ".join(unsafe[:3])}') from None
         raise CheckpointError(f'{path}: not a PyTorch weights file, or corrupt or truncated '
                               f'({type(e).__name__})') from None
     if not isinstance(state, dict):
@@ -739,6 +874,31 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def state_dict_mismatch(module: torch.nn.Module, sd: dict) -> str:
+    """What differs between `module`'s state_dict and `sd` (the first keys and shapes), and
+    the likely cause; '' when they match."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f'{k} {tuple(sd[k].shape)} in the file, {tuple(own[k].shape)} here' for k in own
+              if k in sd and hasattr(sd[k], 'shape') and sd[k].shape != own[k].shape]
+    parts = [f'{what} {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
+             for what, keys in (('missing', missing), ('unexpected', unexpected),
+                                ('shape of', shapes)) if keys]
+    if not parts:
+        return ''
+    differ = {k.split('.')[0] for k in missing + unexpected}
+    causes = []
+    if 'upsample' in differ:
+        causes.append('the scale (--upscale_factor) differs')
+    if 'body' in differ:
+        causes.append('--num_blocks differs')
+    if shapes and not causes:
+        causes.append('the channel count differs')
+    cause = f'; likely cause: {" and ".join(causes)}' if causes else ''
+    return '; '.join(parts) + cause
 
 
 def weights_dict(generator: torch.nn.Module, half: bool = False, **meta) -> dict:
@@ -795,10 +955,14 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     try:
         g = Generator(file_scale, int(cfg.get('num_blocks', inferred['num_blocks'])),
                       int(cfg.get('channels', inferred['channels'])))
-        g.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f'{path}: does not match the Generator '
-                              f'({str(e).strip().splitlines()[0]})') from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f'{path}: records unusable generator settings ({e})') from None
+    mismatch = state_dict_mismatch(g, sd)
+    if mismatch:
+        raise CheckpointError(f'{path}: does not match the generator its settings describe '
+                              f'(x{file_scale}, num_blocks {g.config["num_blocks"]}): '
+                              f'{mismatch}') from None
+    g.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     return g.to(device).eval()
 
 
@@ -925,15 +1089,69 @@ def inference_model(generator: torch.nn.Module, device: torch.device) -> torch.n
     return model.to(memory_format=torch.channels_last)
 
 
+# Inputs narrower than this (LR pixels) are mirrored out to it before the network and the
+# output cropped back. Left alone, the zero padding of the convolutions dominates such an
+# image: with the shipped SRGAN a red 1x1 pixel came out (14, 10, 7), a red 2x2 (195, 33, 21);
+# mirrored to 12 px they give (254, 3, 2) and (254, 4, 2), and 16 or more change little more.
+MIN_INPUT_SIDE = 12
+
+
+def mirror_pad(x: torch.Tensor, side: int) -> tuple:
+    """(x mirrored out to at least side x side, (top, left) offset of x in it) for a
+    (..., h, w) tensor; mirroring repeats as often as needed (a 1x1 image becomes flat)."""
+    h, w = x.shape[-2:]
+    if min(h, w) >= side:
+        return x, (0, 0)
+
+    def index(n: int) -> tuple:
+        extra = max(0, side - n)
+        i = torch.arange(-(extra // 2), n + extra - extra // 2) % (2 * n)
+        return torch.where(i < n, i, 2 * n - 1 - i), extra // 2
+
+    rows, top = index(h)
+    cols, left = index(w)
+    return x[..., rows, :][..., cols], (top, left)
+
+
 def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int, overlap: int,
                   dtype=None) -> torch.Tensor:
     """(3, h, w) LR in [0, 1] -> (3, h*scale, w*scale) float32 on the CPU, unclamped."""
     device = next(model.parameters()).device
+    h, w = lr.shape[-2:]
+    lr, (top, left) = mirror_pad(lr, MIN_INPUT_SIDE)
     x = lr[None].to(device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
                                                 enabled=dtype is not None):
         sr = tiled_forward(model, x, scale, tile, overlap)
-    return sr[0].float().cpu()
+    sr = sr[0, :, top * scale:(top + h) * scale, left * scale:(left + w) * scale]
+    return sr.float().cpu()
+
+
+# =============================================================================================
+# 9. Flags
+# Numeric flags are checked by argparse itself: a bad value is one line and exit status 2,
+# before anything runs.
+# =============================================================================================
+
+def number(kind: type, low: float, high: float = math.inf, low_open: bool = False,
+           high_open: bool = False):
+    """An argparse type for a finite `kind` (int or float) in [low, high], an end excluded
+    when *_open; NaN and infinities are refused too."""
+    bounds = (f'in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
+              if high != math.inf else f'{">" if low_open else ">="} {low:g}')
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f'expected {"an integer" if kind is int else "a number"}, got {text!r}') from None
+        inside = ((value > low if low_open else value >= low)
+                  and (value < high if high_open else value <= high))
+        if not (inside and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f'must be {bounds}, got {text}')
+        return value
+    return parse
 
 
 if __name__ == '__main__':

@@ -81,11 +81,10 @@ def test_coords_file_reused_from_the_other_size(pair, tmp_path, capsys):
     for f in lr.parent.glob('*crop*'):
         f.unlink()
     # the SR image first: the boxes, saved in LR pixels, are scaled up for it
-    rc, out, err = run(['--image', sr, lr, '--coords', coords, '--out_dir', tmp_path / 'cmp'],
-                       capsys)
+    rc, out, err = run(['--image', sr, lr, '--coords', coords], capsys)
     assert rc == 0, err
     check_outputs(lr, sr, [(4, 4, 16, 12)])
-    with Image.open(tmp_path / 'cmp' / 'comparison_0.png') as c:  # 64x48 in SR, x3
+    with Image.open(sr.parent / 'comparison_0.png') as c:  # 64x48 in SR, x3
         assert c.size == (2 * 64 * 3 + 3 * gic.GAP, 48 * 3 + gic.LABEL_HEIGHT + 2 * gic.GAP)
 
 
