@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -182,9 +183,11 @@ def atomic_write(path: str, write) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):  # name the file being written, not the temporary one
+            raise OSError(e.errno, e.strerror or str(e), path) from None
         raise
 
 
@@ -830,8 +833,18 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """torch.save to a temporary file, then os.replace: a kill never leaves a broken file."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """torch.save to a temporary file, then os.replace: a kill never leaves a broken file.
+    A failed write raises OSError naming `path` (ENOSPC when the disk is full)."""
+    def write(tmp: str) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:
+            # torch.save reports a full disk as a RuntimeError of its zip writer
+            # ('unexpected pos ...'); the free space tells which it was
+            full = shutil.disk_usage(os.path.dirname(tmp)).free < 1 << 20
+            raise OSError(errno.ENOSPC if full else errno.EIO,
+                          os.strerror(errno.ENOSPC) if full else str(e).splitlines()[0]) from None
+    atomic_write(path, write)
 
 
 def _unsafe_globals(path: str) -> list:
