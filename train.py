@@ -24,6 +24,8 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -156,13 +158,17 @@ def launch_env() -> dict:
 
 
 class Runtime:
-    """Where this process trains: device, rank, world size, precision."""
+    """Where this process trains: device, rank, world size, precision, and the Lightning
+    Fabric when it drives the run (which then owns the device, backward and autocast)."""
 
-    def __init__(self, args, rank=0, world_size=1, local_rank=0):
+    def __init__(self, args, rank=0, world_size=1, local_rank=0, fabric=None):
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.distributed = world_size > 1
         self.master = rank == 0
-        if args.cuda:
+        self.fabric = fabric
+        if fabric is not None:
+            self.device = fabric.device
+        elif args.cuda:
             if not torch.cuda.is_available():
                 raise TrainingError('--cuda given but no CUDA device is available')
             self.device = torch.device('cuda', local_rank)
@@ -170,9 +176,10 @@ class Runtime:
         else:
             self.device = torch.device('cpu')
         self.amp_dtype = resolve_amp(args.amp, self.device)
-        self.fabric = None
 
     def autocast(self):
+        if self.fabric is not None:  # Fabric's precision plugin (the same dtype, from --amp)
+            return self.fabric.autocast()
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -272,65 +279,122 @@ def load_pretrained(args, generator: Generator) -> None:
     generator.load_state_dict(g.state_dict())
 
 
-def build(args, rt: Runtime) -> dict:
-    """Networks, optimizers, schedulers and scalers, on the device and wrapped for DP/DDP."""
+@dataclass
+class TrainState:
+    """Everything training updates: the networks (possibly wrapped by DP/DDP/Fabric/compile),
+    their optimizers, learning-rate schedulers and grad scalers, and the generator's EMA.
+    The discriminator side is None in --mode generator."""
+    G: nn.Module
+    opt_g: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    scaler_g: torch.amp.GradScaler
+    ema: Optional[EMA] = None
+    D: Optional[nn.Module] = None
+    opt_d: Optional[torch.optim.Optimizer] = None
+    sched_d: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    scaler_d: Optional[torch.amp.GradScaler] = None
+    # the discriminator the generator step calls: never DDP-wrapped, since D is frozen
+    # there and its weights must not take part in that step's gradient sync (see wrap)
+    D_g: Optional[nn.Module] = None
+    vgg: Optional[nn.Module] = None  # the frozen VGG54 feature extractor (content loss)
+
+    # the checkpoint keys of the optimizer-side objects: each saved with its state_dict()
+    OPTIM_KEYS = ('opt_g', 'sched_g', 'scaler_g', 'opt_d', 'sched_d', 'scaler_d')
+
+    @property
+    def eval_generator(self) -> nn.Module:
+        """The generator that validation and weights files use: the EMA model if there is
+        one, else the bare G."""
+        return self.ema.model if self.ema is not None else utils.unwrap(self.G)
+
+    @property
+    def schedulers(self) -> list:
+        return [x for x in (self.sched_g, self.sched_d) if x is not None]
+
+    def state_dict(self) -> dict:
+        """The checkpoint's training-state entries; networks bare (no wrapper prefixes), so a
+        checkpoint from any of DP / DDP / Fabric resumes in any other."""
+        g = utils.unwrap(self.G)
+        state = {'config': g.config, 'generator': g.state_dict()}
+        for k in self.OPTIM_KEYS:
+            if getattr(self, k) is not None:
+                state[k] = getattr(self, k).state_dict()
+        if self.D is not None:
+            state['discriminator'] = utils.unwrap(self.D).state_dict()
+        if self.ema is not None:
+            state['ema'] = self.ema.model.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of state_dict(); KeyError / RuntimeError / ValueError when it does not fit.
+        A checkpoint without an EMA starts the EMA from its generator."""
+        utils.unwrap(self.G).load_state_dict(state['generator'])
+        for k in self.OPTIM_KEYS:
+            if getattr(self, k) is not None:
+                getattr(self, k).load_state_dict(state[k])
+        if self.D is not None:
+            utils.unwrap(self.D).load_state_dict(state['discriminator'])
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state.get('ema', state['generator']))
+
+
+def build(args, rt: Runtime) -> TrainState:
+    """Networks, optimizers, schedulers and scalers, on the device (wrap() wraps them)."""
     torch.manual_seed(args.seed)  # same initial weights on every rank
     cl = torch.channels_last
-    s = {'G': Generator(args.upscale_factor, args.num_blocks).to(rt.device, memory_format=cl)}
+    G = Generator(args.upscale_factor, args.num_blocks).to(rt.device, memory_format=cl)
     if args.pretrain:
-        load_pretrained(args, s['G'])
+        load_pretrained(args, G)
     elif args.mode == 'adversarial':
         rt.log('warning: adversarial training without --pretrain starts from a random '
                'generator; the paper starts from a trained SRResNet')
-    s['opt_g'] = torch.optim.Adam(s['G'].parameters(), args.lr, betas=(0.9, 0.999))
     milestones = [args.lr_step] if args.lr_step else []
-    s['sched_g'] = torch.optim.lr_scheduler.MultiStepLR(s['opt_g'], milestones, 0.1)
     fp16 = rt.amp_dtype == torch.float16
-    s['scaler_g'] = torch.amp.GradScaler(rt.device.type, enabled=fp16)
-    s['ema'] = EMA(s['G'], args.ema) if args.ema > 0 else None
+
+    def optimizer_side(net: nn.Module) -> tuple:
+        opt = torch.optim.Adam(net.parameters(), args.lr, betas=(0.9, 0.999))
+        return (opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1),
+                torch.amp.GradScaler(rt.device.type, enabled=fp16))
+
+    s = TrainState(G, *optimizer_side(G), ema=EMA(G, args.ema) if args.ema > 0 else None)
     if args.mode == 'adversarial':
-        s['D'] = Discriminator().to(rt.device, memory_format=cl)
-        s['opt_d'] = torch.optim.Adam(s['D'].parameters(), args.lr, betas=(0.9, 0.999))
-        s['sched_d'] = torch.optim.lr_scheduler.MultiStepLR(s['opt_d'], milestones, 0.1)
-        s['scaler_d'] = torch.amp.GradScaler(rt.device.type, enabled=fp16)
-        s['vgg'] = None
+        s.D = Discriminator().to(rt.device, memory_format=cl)
+        s.opt_d, s.sched_d, s.scaler_d = optimizer_side(s.D)
+        s.D_g = s.D
         if args.content_weight > 0:
             try:
-                s['vgg'] = FeatureExtractor(args.vgg_weights).to(rt.device, memory_format=cl)
+                s.vgg = FeatureExtractor(args.vgg_weights).to(rt.device, memory_format=cl)
             except RuntimeError as e:
                 raise TrainingError(str(e)) from None
     return s
 
 
-def wrap(args, rt: Runtime, s: dict) -> None:
-    """DataParallel / DistributedDataParallel / Fabric / torch.compile around the networks.
-
-    s['D_g'] is the discriminator the generator step calls: never DDP-wrapped, since D is
-    frozen there and its weights must not take part in that step's gradient sync."""
-    nets = ['G', 'D'] if 'D' in s else ['G']
+def wrap(args, rt: Runtime, s: TrainState) -> None:
+    """DataParallel / DistributedDataParallel / Fabric / torch.compile around the networks."""
+    nets = ['G', 'D'] if s.D is not None else ['G']
     if args.sync_bn and rt.distributed:  # DDP and Fabric alike; same Parameter objects
         for k in nets:
-            s[k] = nn.SyncBatchNorm.convert_sync_batchnorm(s[k])
-    if 'D' in s:
-        s['D_g'] = s['D']
+            setattr(s, k, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(s, k)))
+    s.D_g = s.D
     if rt.fabric is not None:
         for k, o in (('G', 'opt_g'), ('D', 'opt_d'))[:len(nets)]:
-            s[k], s[o] = rt.fabric.setup(s[k], s[o], move_to_device=False)
+            net, opt = rt.fabric.setup(getattr(s, k), getattr(s, o), move_to_device=False)
+            setattr(s, k, net)
+            setattr(s, o, opt)
     elif args.dp:
         if rt.device.type == 'cuda' and torch.cuda.device_count() >= 2:
             for k in nets:
-                s[k] = nn.DataParallel(s[k])
-            if 'D' in s:
-                s['D_g'] = s['D']
+                setattr(s, k, nn.DataParallel(getattr(s, k)))
+            s.D_g = s.D
         else:
             rt.log('warning: --dp needs at least two GPUs; training on one device')
     elif rt.distributed:
         for k in nets:
             ids = [rt.device.index] if rt.device.type == 'cuda' else None
-            s[k] = nn.parallel.DistributedDataParallel(s[k], device_ids=ids)
+            setattr(s, k, nn.parallel.DistributedDataParallel(getattr(s, k), device_ids=ids))
     if args.compile:
-        for k in nets + [k for k in ('D_g', 'vgg') if s.get(k) is not None]:
-            s[k] = torch.compile(s[k])
+        for k in nets + [k for k in ('D_g', 'vgg') if getattr(s, k) is not None]:
+            setattr(s, k, torch.compile(getattr(s, k)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,33 +421,18 @@ def find_checkpoint(args) -> str:
     return checkpoint_path(args, epochs[-1])
 
 
-def state_of(s: dict, epoch: int, args, history: list, best: float) -> dict:
+def state_of(s: TrainState, epoch: int, args, history: list, best: float) -> dict:
+    """The checkpoint: the training state plus the run's progress and RNG state."""
     state = {'epoch': epoch, 'args': vars(args), 'history': history, 'best_psnr': best,
-             'config': utils.unwrap(s['G']).config,
-             'generator': utils.unwrap(s['G']).state_dict(),
-             'rng': {'torch': torch.get_rng_state()}}
+             'rng': {'torch': torch.get_rng_state()}, **s.state_dict()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['rng']['cuda'] = torch.cuda.get_rng_state_all()
-    for k in ('opt_g', 'sched_g', 'scaler_g', 'opt_d', 'sched_d', 'scaler_d'):
-        if k in s:
-            state[k] = s[k].state_dict()
-    if 'D' in s:
-        state['discriminator'] = utils.unwrap(s['D']).state_dict()
-    if s['ema'] is not None:
-        state['ema'] = s['ema'].model.state_dict()
     return state
 
 
-def restore(s: dict, state: dict, path: str) -> None:
+def restore(s: TrainState, state: dict, path: str) -> None:
     try:
-        utils.unwrap(s['G']).load_state_dict(state['generator'])
-        for k in ('opt_g', 'sched_g', 'scaler_g', 'opt_d', 'sched_d', 'scaler_d'):
-            if k in s:
-                s[k].load_state_dict(state[k])
-        if 'D' in s:
-            utils.unwrap(s['D']).load_state_dict(state['discriminator'])
-        if s['ema'] is not None:
-            s['ema'].model.load_state_dict(state.get('ema', state['generator']))
+        s.load_state_dict(state)
         torch.set_rng_state(state['rng']['torch'])
         if 'cuda' in state['rng'] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state['rng']['cuda'])
@@ -412,9 +461,10 @@ def remove_stale_temporaries(out_dir: str) -> None:
                 os.remove(os.path.join(folder, f))
 
 
-def save_all(args, s: dict, epoch: int, history: list, best: float, is_best: bool) -> None:
+def save_all(args, s: TrainState, epoch: int, history: list, best: float,
+             is_best: bool) -> None:
     """Checkpoint, this epoch's generator weights, and best.pth, each written atomically."""
-    gen = s['ema'].model if s['ema'] is not None else s['G']
+    gen = s.eval_generator
     meta = {'epoch': epoch, 'mode': args.mode, 'variant': variant(args)}
     wdir = os.path.join(args.out_dir, 'weights')
     utils.save_weights(gen, os.path.join(wdir, f'G_epoch_{epoch}.pth'), **meta)
@@ -449,62 +499,62 @@ def backward(rt: Runtime, loss: torch.Tensor, opt, scaler) -> None:
     scaler.update()
 
 
-def train_step(args, rt: Runtime, s: dict, lr: torch.Tensor, hr: torch.Tensor) -> dict:
-    """One iteration; returns the losses as device tensors (no host sync)."""
-    G = s['G']
+def train_step(args, rt: Runtime, s: TrainState, lr_img: torch.Tensor,
+               hr_img: torch.Tensor) -> dict:
+    """One iteration on a batch of LR images and their HR originals; returns the losses as
+    device tensors (no host sync)."""
     with rt.autocast():
-        sr = G(lr)
+        sr = s.G(lr_img)
     if args.mode == 'generator':
-        loss = F.mse_loss(sr.float(), hr)
-        backward(rt, loss, s['opt_g'], s['scaler_g'])
+        loss = F.mse_loss(sr.float(), hr_img)
+        backward(rt, loss, s.opt_g, s.scaler_g)
         return {'loss_g': loss.detach(), 'loss_pixel': loss.detach()}
 
-    # (1) Discriminator: maximise log D(hr) + log(1 - D(G(lr))), on a detached SR
-    D = s['D']
+    # (1) Discriminator: maximise log D(HR) + log(1 - D(G(LR))), on a detached SR
     with rt.autocast():
-        real_logit = D(hr).float()
-        fake_logit = D(sr.detach()).float()
+        real_logit = s.D(hr_img).float()
+        fake_logit = s.D(sr.detach()).float()
     loss_d = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
               + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
-    backward(rt, loss_d, s['opt_d'], s['scaler_d'])
+    backward(rt, loss_d, s.opt_d, s.scaler_d)
 
-    # (2) Generator: minimise pixel MSE + content (VGG54) MSE - log D(G(lr)).
+    # (2) Generator: minimise pixel MSE + content (VGG54) MSE - log D(G(LR)).
     # D is frozen here (no gradient for its weights) and called outside DDP (no sync for it).
-    d_net = utils.unwrap(D)
+    d_net = utils.unwrap(s.D)
     d_net.requires_grad_(False)
     with rt.autocast():
-        gen_logit = s['D_g'](sr).float()
+        gen_logit = s.D_g(sr).float()
         loss_content = torch.zeros((), device=rt.device)
-        if s['vgg'] is not None and args.content_weight > 0:
-            loss_content = F.mse_loss(s['vgg'](sr).float(), s['vgg'](hr).float())
+        if s.vgg is not None and args.content_weight > 0:
+            loss_content = F.mse_loss(s.vgg(sr).float(), s.vgg(hr_img).float())
     d_net.requires_grad_(True)
-    loss_pixel = F.mse_loss(sr.float(), hr)
+    loss_pixel = F.mse_loss(sr.float(), hr_img)
     loss_adv = F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
     loss_g = (args.pixel_weight * loss_pixel + args.content_weight * loss_content
               + args.adversarial_weight * loss_adv)
-    backward(rt, loss_g, s['opt_g'], s['scaler_g'])
+    backward(rt, loss_g, s.opt_g, s.scaler_g)
     return {'loss_g': loss_g.detach(), 'loss_pixel': loss_pixel.detach(),
             'loss_content': loss_content.detach(), 'loss_adv': loss_adv.detach(),
             'loss_d': loss_d.detach(), 'd_real': torch.sigmoid(real_logit).mean().detach(),
             'd_fake': torch.sigmoid(fake_logit).mean().detach()}
 
 
-def train_epoch(args, rt: Runtime, s: dict, loader, epoch: int, iters: int) -> dict:
+def train_epoch(args, rt: Runtime, s: TrainState, loader, epoch: int, iters: int) -> dict:
     """Train one epoch; returns mean losses (floats), reduced over ranks."""
     from tqdm import tqdm
-    for k in ('G', 'D'):
-        if k in s:
-            s[k].train()
+    for net in (s.G, s.D):
+        if net is not None:
+            net.train()
     sums, first_bad = None, torch.full((), -1, device=rt.device, dtype=torch.long)
     bar = tqdm(loader, total=iters, desc=f'epoch {epoch}/{args.epochs}', disable=not rt.master,
                dynamic_ncols=True, leave=False)
     shown = {}
-    for it, (lr, hr) in enumerate(bar, 1):
-        lr = lr.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        hr = hr.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        losses = train_step(args, rt, s, lr, hr)
-        if s['ema'] is not None:
-            s['ema'].update(s['G'])
+    for it, batch in enumerate(bar, 1):
+        lr_img, hr_img = (x.to(rt.device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last) for x in batch)
+        losses = train_step(args, rt, s, lr_img, hr_img)
+        if s.ema is not None:
+            s.ema.update(s.G)
         stacked = torch.stack([losses[k].float() for k in sorted(losses)])
         sums = stacked if sums is None else sums + stacked
         # remember the first non-finite iteration without a host sync
@@ -531,10 +581,11 @@ def train_epoch(args, rt: Runtime, s: dict, loader, epoch: int, iters: int) -> d
 
 
 @torch.inference_mode()
-def validate(args, rt: Runtime, s: dict, epoch: int, num_samples: int = 3, tb=None) -> dict:
+def validate(args, rt: Runtime, s: TrainState, epoch: int, num_samples: int = 3,
+             tb=None) -> dict:
     """PSNR-Y / SSIM-Y on --validset_dir; saves a few SR/bicubic/HR images (and logs the SR
     ones to TensorBoard when `tb` is a SummaryWriter)."""
-    model = s['ema'].model if s['ema'] is not None else utils.unwrap(s['G'])
+    model = s.eval_generator
     was_training = model.training
     model.eval()
     dataset = utils.ValidSet(args.validset_dir, args.upscale_factor)
@@ -542,21 +593,21 @@ def validate(args, rt: Runtime, s: dict, epoch: int, num_samples: int = 3, tb=No
     psnrs, ssims = [], []
     for i in range(len(dataset)):
         try:
-            lr, hr, name = dataset[i]
+            lr_img, hr_img, name = dataset[i]
         except utils.ImageError as e:
             rt.log(f'warning: {e}; skipped')
             continue
-        x = lr[None].to(rt.device).contiguous(memory_format=torch.channels_last)
+        x = lr_img[None].to(rt.device).contiguous(memory_format=torch.channels_last)
         with rt.autocast():
             sr = model(x).float()[0].clamp(0, 1).cpu()
-        psnrs.append(utils.psnr(sr, hr, args.upscale_factor))
-        ssims.append(utils.ssim(sr, hr, args.upscale_factor))
+        psnrs.append(utils.psnr(sr, hr_img, args.upscale_factor))
+        ssims.append(utils.ssim(sr, hr_img, args.upscale_factor))
         if i < num_samples:
             stem = os.path.splitext(name)[0]
             utils.save_image(sr, os.path.join(out, f'{stem}_sr.png'))
-            utils.save_image(utils.imresize(lr, args.upscale_factor).clamp(0, 1),
+            utils.save_image(utils.imresize(lr_img, args.upscale_factor).clamp(0, 1),
                              os.path.join(out, f'{stem}_bicubic.png'))
-            utils.save_image(hr, os.path.join(out, f'{stem}_hr.png'))
+            utils.save_image(hr_img, os.path.join(out, f'{stem}_hr.png'))
             if tb is not None:
                 tb.add_image(f'valid/{stem}', sr, epoch)
     model.train(was_training)
@@ -623,12 +674,11 @@ def run(args, rt: Runtime) -> None:
         row = {'epoch': epoch, **train_epoch(args, rt, s, loader, epoch, iters)}
         seconds = time.time() - t0
         row.update(seconds=seconds, images_per_s=iters * args.batch_size * rt.world_size / seconds,
-                   lr_g=s['opt_g'].param_groups[0]['lr'])
-        if 'opt_d' in s:
-            row['lr_d'] = s['opt_d'].param_groups[0]['lr']
-        for k in ('sched_g', 'sched_d'):
-            if k in s:
-                s[k].step()
+                   lr_g=s.opt_g.param_groups[0]['lr'])
+        if s.opt_d is not None:
+            row['lr_d'] = s.opt_d.param_groups[0]['lr']
+        for sched in s.schedulers:
+            sched.step()
         is_best = False
         if rt.master:
             if args.validset_dir and (epoch % args.val_every == 0 or epoch == args.epochs):
@@ -681,11 +731,7 @@ def run_lightning(args) -> None:
     fabric = lightning.Fabric(accelerator=device.type, devices=devices, num_nodes=num_nodes,
                               precision=precision, strategy=strategy)
     fabric.launch()  # starts the other processes (or joins SLURM's / torchrun's)
-    rt = Runtime(args, fabric.global_rank, fabric.world_size, fabric.local_rank)
-    rt.fabric, rt.device = fabric, fabric.device
-    rt.amp_dtype = dtype
-    rt.autocast = fabric.autocast
-    run(args, rt)
+    run(args, Runtime(args, fabric.global_rank, fabric.world_size, fabric.local_rank, fabric))
 
 
 def worker(local_rank: int, args, world_size: int, port: int) -> None:

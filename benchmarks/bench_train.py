@@ -30,9 +30,9 @@ def make_state(mode: str, amp: str, channels_last: bool, cuda: bool, batch: int,
         s = train.build(args, rt)
     train.wrap(args, rt, s)
     if not channels_last:
-        for k in ('G', 'D', 'vgg'):
-            if s.get(k) is not None:
-                s[k].to(memory_format=torch.contiguous_format)
+        for net in (s.G, s.D, s.vgg):
+            if net is not None:
+                net.to(memory_format=torch.contiguous_format)
     return args, rt, s
 
 

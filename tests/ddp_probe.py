@@ -22,7 +22,7 @@ import utils  # noqa: E402
 
 DUMP = sys.argv[1]
 SEEN = {}     # epoch -> indices this process drew
-BUILT = {}    # the state dict build() returned (wrap() fills in the wrappers later)
+BUILT = {}    # the TrainState build() returned (wrap() fills in the wrappers later)
 WROTE = []    # files this process wrote while training
 RECORDING = [False]
 POISONED = [False]
@@ -85,8 +85,8 @@ def run(args, rt):
     finally:
         RECORDING[0] = False
     s = BUILT['s']
-    out = {'rank': rt.rank, 'world_size': rt.world_size, 'G': digest(s['G']),
-           'D': digest(s['D']) if 'D' in s else None, 'seen': SEEN, 'wrote': WROTE}
+    out = {'rank': rt.rank, 'world_size': rt.world_size, 'G': digest(s.G),
+           'D': digest(s.D) if s.D is not None else None, 'seen': SEEN, 'wrote': WROTE}
     with open(os.path.join(DUMP, f'rank{rt.rank}.json'), 'w') as f:
         json.dump(out, f)
 

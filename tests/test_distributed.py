@@ -271,11 +271,11 @@ def test_dp_on_cpu_warns_trains_one_device_and_saves_plain_keys(data, tmp_path, 
     args = train.get_args(train_args(data, out, 'adversarial', 1))
     rt = train.Runtime(args)
     s = train.build(args, rt)
-    s['G'], s['D'] = (train.nn.DataParallel(s[k]) for k in ('G', 'D'))
+    s.G, s.D = (train.nn.DataParallel(net) for net in (s.G, s.D))
     state = train.state_of(s, 1, args, [], 0.0)
     assert not [k for k in (*state['generator'], *state['discriminator'])
                 if k.startswith('module.')]
-    weights = utils.weights_dict(s['G'])
+    weights = utils.weights_dict(s.G)
     assert not [k for k in weights['generator'] if k.startswith('module.')]
 
 

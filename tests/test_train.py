@@ -269,7 +269,7 @@ def grads(model) -> list:
 
 def check_reaches_generator(s, expected: list) -> None:
     """G's gradient after the step equals `expected`, is finite and not zero."""
-    got = grads(s['G'])
+    got = grads(s.G)
     assert all(torch.isfinite(g).all() for g in got)
     assert sum(float(g.abs().sum()) for g in got) > 0
     for g, e in zip(got, expected):
@@ -281,48 +281,48 @@ def test_content_loss_alone_trains_the_generator():
                              '--pixel_weight', '0', '--adversarial_weight', '0',
                              '--content_weight', '1')
     lr, hr = batch()
-    ref = copy.deepcopy(s['G'])
-    before = [p.detach().clone() for p in s['G'].parameters()]
+    ref = copy.deepcopy(s.G)
+    before = [p.detach().clone() for p in s.G.parameters()]
     losses = train.train_step(args, rt, s, lr, hr)
     assert float(losses['loss_content']) > 0
     # the reference: the VGG feature MSE alone, back-propagated through the pre-step generator
-    F.mse_loss(s['vgg'](ref(lr)), s['vgg'](hr)).backward()
+    F.mse_loss(s.vgg(ref(lr)), s.vgg(hr)).backward()
     check_reaches_generator(s, grads(ref))
-    assert any(not torch.equal(p, q) for p, q in zip(s['G'].parameters(), before))
+    assert any(not torch.equal(p, q) for p, q in zip(s.G.parameters(), before))
 
 
 def test_adversarial_loss_alone_trains_the_generator():
     args, rt, s = make_state(*ADV, '--pixel_weight', '0', '--adversarial_weight', '1')
     lr, hr = batch()
-    ref = copy.deepcopy(s['G'])
-    before = [p.detach().clone() for p in s['G'].parameters()]
+    ref = copy.deepcopy(s.G)
+    before = [p.detach().clone() for p in s.G.parameters()]
     train.train_step(args, rt, s, lr, hr)
     # the reference: -log D(G(lr)) through the discriminator as the D step left it
-    logit = s['D'](ref(lr))
+    logit = s.D(ref(lr))
     F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit)).backward()
     check_reaches_generator(s, grads(ref))
-    assert any(not torch.equal(p, q) for p, q in zip(s['G'].parameters(), before))
+    assert any(not torch.equal(p, q) for p, q in zip(s.G.parameters(), before))
 
 
 def test_d_step_uses_detached_sr_and_g_step_leaves_d_alone():
     args, rt, s = make_state(*ADV)
     counts = {'G': 0, 'D': 0}
     for k in counts:
-        for p in s[k].parameters():
+        for p in getattr(s, k).parameters():
             p.register_hook(lambda grad, k=k: counts.__setitem__(k, counts[k] + 1))
     after_d_step = {}
-    opt_d_step = s['opt_d'].step
+    opt_d_step = s.opt_d.step
 
     def step_and_snapshot(*a, **kw):
         out = opt_d_step(*a, **kw)
-        after_d_step.update({n: p.detach().clone() for n, p in s['D'].named_parameters()})
+        after_d_step.update({n: p.detach().clone() for n, p in s.D.named_parameters()})
         return out
-    s['opt_d'].step = step_and_snapshot
+    s.opt_d.step = step_and_snapshot
     train.train_step(args, rt, s, *batch())
     # one gradient per parameter and step: G's only from the G step (the D step saw
     # sr.detach()), D's only from the D step (D is frozen in the G step)
-    assert counts == {'G': len(list(s['G'].parameters())), 'D': len(list(s['D'].parameters()))}
-    assert after_d_step and same_tensors(after_d_step, dict(s['D'].named_parameters()))
+    assert counts == {'G': len(list(s.G.parameters())), 'D': len(list(s.D.parameters()))}
+    assert after_d_step and same_tensors(after_d_step, dict(s.D.named_parameters()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,11 +349,11 @@ def test_ema_update_is_a_moving_average():
 
 def test_ema_follows_a_training_step():
     args, rt, s = make_state('--ema', '0.9')
-    old = [p.clone() for p in s['ema'].model.parameters()]
+    old = [p.clone() for p in s.ema.model.parameters()]
     train.train_epoch(args, rt, s, [batch()], epoch=1, iters=1)
-    live = list(s['G'].parameters())
+    live = list(s.G.parameters())
     assert any(not torch.equal(o, p) for o, p in zip(old, live))  # the step moved G
-    for e, o, p in zip(s['ema'].model.parameters(), old, live):
+    for e, o, p in zip(s.ema.model.parameters(), old, live):
         torch.testing.assert_close(e, 0.9 * o + 0.1 * p, rtol=1e-6, atol=1e-7)
 
 
