@@ -73,6 +73,11 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--workers', type=int, default=4, help='DataLoader worker processes')
     p.add_argument('--cache', action='store_true',
                    help='decode all training images once and keep them in memory')
+    p.add_argument('--device_batches', default='auto', choices=['auto', 'on', 'off'],
+                   help='cut the training batches (crops, flips, bicubic LR) on the training '
+                        'device from images decoded once and kept there, instead of in '
+                        'DataLoader workers; auto: on with --cuda --cache when the images take '
+                        'at most half the free GPU memory')
     p.add_argument('--lr', type=float, default=1e-4)
     p.add_argument('--lr_step', type=int, default=None,
                    help='divide the learning rates by 10 after this epoch '
@@ -94,9 +99,13 @@ def get_args(argv=None) -> argparse.Namespace:
                    help='iterations per epoch (default: one pass over the data)')
     p.add_argument('--keep', type=int, default=3, help='old checkpoints kept')
     p.add_argument('--compile', action='store_true', help='torch.compile the networks')
+    p.add_argument('--compile_mode', default='default',
+                   choices=['default', 'reduce-overhead', 'max-autotune'],
+                   help='torch.compile mode; reduce-overhead replays CUDA graphs on CUDA')
     p.add_argument('--tensorboard', action='store_true', help='also log to TensorBoard')
     p.add_argument('--log_every', type=int, default=10,
-                   help='iterations between progress-bar updates (each costs a device sync)')
+                   help='iterations between progress-bar updates and NaN checks (each shows '
+                        'the previous one, so the host never waits for the device)')
     p.add_argument('--time_limit', type=float, default=0,
                    help='minutes; stop cleanly after the epoch in which this passes (0: none)')
     args = p.parse_args(argv)
@@ -228,10 +237,54 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(idx[self.rank::self.world_size].tolist())
 
 
+def data_seed(seed: int, epoch: int, rank: int) -> int:
+    """The data RNG's seed for one epoch on one rank: an epoch's crops depend only on (seed,
+    epoch, rank), so resuming is exact, and ranks crop differently."""
+    return seed * 1000003 + epoch * 1009 + rank
+
+
+def wants_device_batches(mode: str, device_type: str, cache: bool, fits: bool) -> bool:
+    """Whether --device_batches `mode` cuts the batches on the device: 'on' always (it fails
+    when the images do not fit), 'auto' with --cuda --cache when they fit."""
+    if mode == 'auto':
+        return device_type == 'cuda' and cache and fits
+    return mode == 'on'
+
+
+def free_device_memory(device: torch.device):
+    """Bytes free on a CUDA device; None on the CPU (the host cache is already in memory)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == 'cuda' else None
+
+
+def device_crops(args, rt: Runtime, dataset):
+    """utils.DeviceCrops holding the decoded training images on the device, or None where
+    --device_batches leaves the batches to the DataLoader. The images may take half the free
+    device memory; the networks and their activations need the rest."""
+    if not wants_device_batches(args.device_batches, rt.device.type, args.cache, True):
+        return None
+    need, free = utils.DeviceCrops.nbytes(dataset), free_device_memory(rt.device)
+    fits = free is None or need <= free // 2
+    if args.device_batches == 'on' and not fits:
+        raise TrainingError(f'--device_batches on: the {len(dataset)} training images take '
+                            f'{need / 1e6:.0f} MB, more than half of the {free / 1e6:.0f} MB '
+                            f'free on {rt.device}; use --device_batches off')
+    if not wants_device_batches(args.device_batches, rt.device.type, args.cache, fits):
+        if args.device_batches == 'auto' and args.cache and rt.device.type == 'cuda':
+            rt.log(f'warning: the training images take {need / 1e6:.0f} MB, more than half of '
+                   f'the {free / 1e6:.0f} MB free on {rt.device}; batches come from the '
+                   'DataLoader')
+        return None
+    crops = utils.DeviceCrops(dataset, rt.device)
+    dataset.cache = None  # crops holds the images now; free the first copy
+    return crops
+
+
 def make_train_data(args, rt: Runtime) -> tuple:
-    """(dataset, sampler, iterations per epoch) for this process."""
+    """(dataset, sampler, iterations per epoch) for this process; the images decoded up front
+    with --cache and for --device_batches."""
+    on_device = wants_device_batches(args.device_batches, rt.device.type, args.cache, True)
     dataset = utils.TrainSet(args.trainset_dir, args.upscale_factor, args.crop_size,
-                             augment=True, cache=args.cache)
+                             augment=True, cache=args.cache or on_device)
     per_rank = len(dataset) // rt.world_size
     iters = args.iters_per_epoch or max(1, per_rank // args.batch_size)
     sampler = EpochSampler(len(dataset), iters * args.batch_size, rt.rank, rt.world_size,
@@ -239,10 +292,14 @@ def make_train_data(args, rt: Runtime) -> tuple:
     return dataset, sampler, iters
 
 
-def epoch_loader(args, rt: Runtime, dataset, sampler):
-    """This epoch's DataLoader, made after run() reseeds the data RNG, with workers that do
-    not outlive the epoch: an epoch's crops depend only on (seed, epoch, rank), so resuming
-    is exact with any worker count."""
+def epoch_loader(args, rt: Runtime, dataset, sampler, crops=None, epoch: int = 0):
+    """This epoch's batches, made after run() reseeds the data RNG: cut on the device by
+    `crops`, from its generator seeded here, or from a DataLoader whose workers do not outlive
+    the epoch. Either way an epoch's crops depend only on (seed, epoch, rank), so resuming is
+    exact with any worker count."""
+    if crops is not None:
+        crops.generator.manual_seed(data_seed(args.seed, epoch, rt.rank))
+        return crops.batches(list(sampler), args.batch_size)
     return utils.make_loader(dataset, args.batch_size, args.workers, sampler=sampler,
                              device_type=rt.device.type, persistent_workers=False)
 
@@ -330,12 +387,31 @@ class TrainState:
         A checkpoint without an EMA starts the EMA from its generator."""
         utils.unwrap(self.G).load_state_dict(state['generator'])
         for k in self.OPTIM_KEYS:
-            if getattr(self, k) is not None:
-                getattr(self, k).load_state_dict(state[k])
+            part = getattr(self, k)
+            if isinstance(part, torch.optim.Optimizer):
+                load_optimizer(part, state[k])
+            elif part is not None:
+                part.load_state_dict(state[k])
         if self.D is not None:
             utils.unwrap(self.D).load_state_dict(state['discriminator'])
         if self.ema is not None:
             self.ema.model.load_state_dict(state.get('ema', state['generator']))
+
+
+def adam_options(device: torch.device) -> dict:
+    """Adam's implementation: fused (one kernel for all parameters, and no host sync under
+    the fp16 GradScaler) on CUDA, foreach (batched tensor ops) on the CPU. Same update."""
+    return {'fused': True} if device.type == 'cuda' else {'foreach': True}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    """opt.load_state_dict(state), keeping opt's implementation: a checkpoint stores the one it
+    was written with (older ones: neither foreach nor fused), and loading it as it is would
+    switch fused Adam off, and leave its step counts on the CPU where fused Adam wants them
+    on the device."""
+    own = [{k: g[k] for k in ('foreach', 'fused') if k in g} for g in opt.param_groups]
+    groups = [{**saved, **mine} for saved, mine in zip(state['param_groups'], own)]
+    opt.load_state_dict({**state, 'param_groups': groups})
 
 
 def build(args, rt: Runtime) -> TrainState:
@@ -352,7 +428,8 @@ def build(args, rt: Runtime) -> TrainState:
     fp16 = rt.amp_dtype == torch.float16
 
     def optimizer_side(net: nn.Module) -> tuple:
-        opt = torch.optim.Adam(net.parameters(), args.lr, betas=(0.9, 0.999))
+        opt = torch.optim.Adam(net.parameters(), args.lr, betas=(0.9, 0.999),
+                               **adam_options(rt.device))
         return (opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1),
                 torch.amp.GradScaler(rt.device.type, enabled=fp16))
 
@@ -394,7 +471,7 @@ def wrap(args, rt: Runtime, s: TrainState) -> None:
             setattr(s, k, nn.parallel.DistributedDataParallel(getattr(s, k), device_ids=ids))
     if args.compile:
         for k in nets + [k for k in ('D_g', 'vgg') if getattr(s, k) is not None]:
-            setattr(s, k, torch.compile(getattr(s, k)))
+            setattr(s, k, torch.compile(getattr(s, k), mode=args.compile_mode))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,6 +580,9 @@ def train_step(args, rt: Runtime, s: TrainState, lr_img: torch.Tensor,
                hr_img: torch.Tensor) -> dict:
     """One iteration on a batch of LR images and their HR originals; returns the losses as
     device tensors (no host sync)."""
+    if args.compile and args.compile_mode == 'reduce-overhead':
+        # a new step: the CUDA graphs may reuse the memory of the last step's outputs
+        torch.compiler.cudagraph_mark_step_begin()
     with rt.autocast():
         sr = s.G(lr_img)
     if args.mode == 'generator':
@@ -539,6 +619,23 @@ def train_step(args, rt: Runtime, s: TrainState, lr_img: torch.Tensor,
             'd_fake': torch.sigmoid(fake_logit).mean().detach()}
 
 
+class HostCopy:
+    """A device tensor's values on their way to the host: copied without waiting (pinned
+    memory and an event on CUDA), read by values(), by which time they have usually arrived."""
+
+    def __init__(self, x: torch.Tensor):
+        self.host = torch.empty(x.shape, dtype=x.dtype, pin_memory=x.is_cuda)
+        self.host.copy_(x, non_blocking=True)
+        self.event = torch.cuda.Event() if x.is_cuda else None
+        if self.event is not None:
+            self.event.record()
+
+    def values(self) -> list:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
+
+
 def train_epoch(args, rt: Runtime, s: TrainState, loader, epoch: int, iters: int) -> dict:
     """Train one epoch; returns mean losses (floats), reduced over ranks."""
     from tqdm import tqdm
@@ -548,7 +645,7 @@ def train_epoch(args, rt: Runtime, s: TrainState, loader, epoch: int, iters: int
     sums, first_bad = None, torch.full((), -1, device=rt.device, dtype=torch.long)
     bar = tqdm(loader, total=iters, desc=f'epoch {epoch}/{args.epochs}', disable=not rt.master,
                dynamic_ncols=True, leave=False)
-    shown = {}
+    pending = None  # the last log point's [first_bad, mean losses...], on its way to the host
     for it, batch in enumerate(bar, 1):
         lr_img, hr_img = (x.to(rt.device, non_blocking=True).contiguous(
             memory_format=torch.channels_last) for x in batch)
@@ -563,11 +660,18 @@ def train_epoch(args, rt: Runtime, s: TrainState, loader, epoch: int, iters: int
         if it % args.log_every == 0 or it == iters:
             if rt.distributed:  # a NaN on any rank stops every rank at the same iteration
                 dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
-            if int(first_bad) >= 0:
-                break
-            if rt.master:
-                shown = {k: f'{v:.4g}' for k, v in zip(sorted(losses), (sums / it).tolist())}
-                bar.set_postfix(shown)
+            if it == iters:
+                continue  # the epoch's end, below, reads first_bad itself
+            # The host reads the previous log point's figures and sends this one's: it never
+            # waits for the step it has just queued, so the device never runs dry inside an
+            # epoch. A NaN therefore stops training one log interval after it is recorded.
+            ready, pending = pending, HostCopy(torch.cat([first_bad[None].float(), sums / it]))
+            if ready is not None:
+                values = ready.values()
+                if values[0] >= 0:
+                    break
+                if rt.master:
+                    bar.set_postfix({k: f'{v:.4g}' for k, v in zip(sorted(losses), values[1:])})
     bar.close()  # before any error message, so that it starts on a clean line
     if int(first_bad) >= 0:
         raise TrainingError(f'loss became NaN/inf at epoch {epoch}, iteration {int(first_bad)}; '
@@ -644,6 +748,7 @@ def open_tensorboard(args, rt: Runtime):
 def run(args, rt: Runtime) -> None:
     """The whole training run in this process (one of several under DDP)."""
     dataset, sampler, iters = make_train_data(args, rt)
+    crops = device_crops(args, rt, dataset)
     s = build(args, rt)
     start, history, best = 1, [], -math.inf
     if args.resume is not None:
@@ -668,8 +773,8 @@ def run(args, rt: Runtime) -> None:
         sampler.set_epoch(epoch)
         # The data RNG (crops, flips, worker seeds) restarts from (seed, epoch, rank) each
         # epoch: resuming is exact for any worker count, and ranks crop differently.
-        torch.manual_seed(args.seed * 1000003 + epoch * 1009 + rt.rank)
-        loader = epoch_loader(args, rt, dataset, sampler)
+        torch.manual_seed(data_seed(args.seed, epoch, rt.rank))
+        loader = epoch_loader(args, rt, dataset, sampler, crops, epoch)
         t0 = time.time()
         row = {'epoch': epoch, **train_epoch(args, rt, s, loader, epoch, iters)}
         seconds = time.time() - t0

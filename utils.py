@@ -4,7 +4,8 @@
     2. Colour         RGB <-> BT.601 YCbCr (MATLAB's rgb2ycbcr)
     3. Resize         MATLAB-compatible bicubic imresize, modcrop, the degradation (downscale)
     4. Metrics        PSNR / SSIM on 8-bit images, as the published tables compute them
-    5. Datasets       TrainSet (random crops), ValidSet (whole images), make_loader
+    5. Datasets       TrainSet (random crops), ValidSet (whole images), make_loader,
+                      DeviceCrops (TrainSet's batches cut on the training device)
     6. Preparation    cutting training images into sub-images; this file's command line
     7. Checkpoints    safe loading, atomic saving, weights files, load_generator
     8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve
@@ -304,8 +305,13 @@ _DENSE_LIMIT = 1 << 21
 
 
 @functools.lru_cache(maxsize=64)
-def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
-    """(out_len, in_len) float64 matrix M with out = M @ in along one axis (dense or sparse)."""
+def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool,
+                   device=torch.device('cpu'), dtype=torch.float64) -> torch.Tensor:
+    """(out_len, in_len) matrix M with out = M @ in along one axis (dense or sparse). Cached
+    per device and dtype too: copying it to a GPU at every call would make the host wait for
+    the device (a synchronous copy) once per training batch."""
+    if (torch.device(device), dtype) != (torch.device('cpu'), torch.float64):
+        return _resize_matrix(in_len, out_len, scale, antialias).to(device, dtype)
     idx, w = _resize_taps(in_len, out_len, scale, antialias)
     if out_len * in_len <= _DENSE_LIMIT:
         return torch.zeros(out_len, in_len, dtype=torch.float64).scatter_add_(1, idx, w)
@@ -339,8 +345,8 @@ def imresize(x: torch.Tensor, scale: float = None, size: tuple = None,
     else:
         sh, sw = size[0] / h, size[1] / w
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    mh = _resize_matrix(h, size[0], sh, antialias).to(x.device, dtype)
-    mw = _resize_matrix(w, size[1], sw, antialias).to(x.device, dtype)
+    mh = _resize_matrix(h, size[0], sh, antialias, x.device, dtype)
+    mw = _resize_matrix(w, size[1], sw, antialias, x.device, dtype)
     return _apply_axis(mw, _apply_axis(mh, x.to(dtype), -2), -1)
 
 
@@ -659,6 +665,82 @@ def make_loader(dataset, batch_size: int, workers: int = 4, shuffle: bool = True
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         worker_init_fn=seed_worker, generator=generator)
+
+
+class DeviceCrops:
+    """TrainSet's samples cut on the training device, a batch at a time: random crops, the same
+    8 flips/rotations, and the bicubic LR (downscale), from the decoded uint8 images kept on
+    `device`. No DataLoader workers and no host sync per batch: a batch is a few batched
+    kernels (random draws, one gather, one resize).
+
+    The images sit back to back in one flat uint8 buffer (any sizes, no padding); a batch is one
+    torch.take with indices computed on the device. Randomness comes from self.generator (on
+    `device`), which the caller seeds (train.py: per seed, epoch and rank)."""
+
+    def __init__(self, dataset: TrainSet, device):
+        self.device = torch.device(device)
+        self.scale, self.crop_size = dataset.scale, dataset.crop_size
+        self.augment = dataset.augment
+        images = dataset.cache or [read_uint8(p) for p in dataset.paths]
+        for path, img in zip(dataset.paths, images):
+            if min(img.shape[-2:]) < self.crop_size:  # the header said otherwise
+                raise ImageError(f'{path}: {img.shape[-1]}x{img.shape[-2]} is smaller than the '
+                                 f'{self.crop_size}px crop')
+        sizes = [img.numel() for img in images]
+        self.buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
+        offsets = [0]
+        for img, n in zip(images, sizes):
+            self.buffer[offsets[-1]:offsets[-1] + n].copy_(img.reshape(-1))
+            offsets.append(offsets[-1] + n)
+        shape = torch.tensor([img.shape[-2:] for img in images], dtype=torch.long)
+        self.offsets = torch.tensor(offsets[:-1], device=self.device)
+        self.heights, self.widths = shape[:, 0].to(self.device), shape[:, 1].to(self.device)
+        self.generator = torch.Generator(self.device)
+
+    @staticmethod
+    def nbytes(dataset: TrainSet) -> int:
+        """Device memory the decoded images of `dataset` take (its cache must be filled)."""
+        return sum(img.numel() for img in dataset.cache)
+
+    def draw(self, index: torch.Tensor) -> tuple:
+        """Random (top, left, flips) for the images `index`: TrainSet's distribution (uniform
+        crop position; horizontal flip, vertical flip and transpose each with probability 1/2)."""
+        n, c, g = index.numel(), self.crop_size, self.generator
+        # float64 uniforms scaled to each image's range: unbiased, and no host sync
+        u = torch.rand(n, 2, dtype=torch.float64, generator=g, device=self.device)
+        top = (u[:, 0] * (self.heights[index] - c + 1)).long()
+        left = (u[:, 1] * (self.widths[index] - c + 1)).long()
+        flips = torch.randint(0, 2, (n, 3), generator=g, device=self.device).bool()
+        if not self.augment:
+            flips.zero_()
+        return top, left, flips
+
+    def cut(self, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+            flips: torch.Tensor) -> tuple:
+        """(lr, hr), (B, 3, c/scale, c/scale) and (B, 3, c, c) float [0, 1]: the crops at
+        (top, left) of the images `index`, flipped as TrainSet does (flips[:, 0] horizontal,
+        [:, 1] vertical, [:, 2] transpose, applied in that order)."""
+        c = self.crop_size
+        ar = torch.arange(c, device=self.device)
+        row, col = ar.view(1, c, 1), ar.view(1, 1, c)
+        hflip, vflip, transpose = (flips[:, k].view(-1, 1, 1) for k in range(3))
+        # output pixel (row, col) comes from crop pixel (a, b): undo the transpose, then the flips
+        a, b = torch.where(transpose, col, row), torch.where(transpose, row, col)
+        a, b = torch.where(vflip, c - 1 - a, a), torch.where(hflip, c - 1 - b, b)
+        h, w = self.heights[index].view(-1, 1, 1), self.widths[index].view(-1, 1, 1)
+        pixel = (top.view(-1, 1, 1) + a) * w + left.view(-1, 1, 1) + b               # (B, c, c)
+        channel = torch.arange(3, device=self.device).view(1, 3, 1, 1) * (h * w).unsqueeze(1)
+        flat = self.offsets[index].view(-1, 1, 1, 1) + channel + pixel.unsqueeze(1)  # (B, 3, c, c)
+        hr = torch.take(self.buffer, flat).float().div_(255)
+        return downscale(hr, self.scale), hr
+
+    def batches(self, indices: list, batch_size: int):
+        """The batches of one epoch: `indices` (image numbers, e.g. an EpochSampler's) cut in
+        order, len(indices) // batch_size batches of (lr, hr)."""
+        order = torch.as_tensor(list(indices), dtype=torch.long).to(self.device)
+        for k in range(len(order) // batch_size):
+            index = order[k * batch_size:(k + 1) * batch_size]
+            yield self.cut(index, *self.draw(index))
 
 
 # =============================================================================================
