@@ -1,4 +1,4 @@
-"""Bicubic vs SRResNet vs SRGAN: PSNR and SSIM (on Y and on YCbCr) over benchmark folders.
+"""Bicubic vs SRResNet vs SRGAN: PSNR, SSIM, NIQE (and LPIPS) over benchmark folders.
 
     python evaluate.py --data data/benchmarks/Set5 data/benchmarks/Set14 --upscale_factor 4 \
         --weight SRResNet=weights/srresnet_x4.pth --weight SRGAN=weights/srgan_x4.pth \
@@ -6,8 +6,17 @@
 
 Each folder holds HR images. Per image: HR cropped to a multiple of the scale, LR = the project's
 bicubic degradation (utils.downscale), then every method upscales LR and is scored against HR
-with utils.image_metrics (8-bit, border of `scale` pixels cropped, BT.601 YCbCr; README.md, "Conventions").
+with utils.psnr/ssim/niqe/LPIPS (8-bit, border of `scale` pixels cropped, BT.601 YCbCr;
+README.md, "Conventions").
 The table printed is the mean over a folder's images of each per-image value.
+
+--metrics picks the columns: psnr and ssim (each on Y and on YCbCr), niqe (no reference: the
+image alone, lower is more natural) and lpips (optional: needs torchvision's ImageNet AlexNet),
+all on the same 8-bit image with the same border cropped. With niqe, an HR row scores the HR
+images themselves: the natural-image level to compare with. Its full-reference columns are
+blank ('-' in the table, null in JSON, empty in CSV). An image too small for NIQE (two 96x96
+blocks inside the border) or LPIPS (31x31) leaves that value blank, with a warning, and so does
+its folder's mean.
 """
 import argparse
 import csv
@@ -22,13 +31,18 @@ from tqdm import tqdm
 
 import utils
 
-# (row key, table header, number format)
+# (row key, table header, number format), in table order
 METRICS = [('psnr_y', 'PSNR-Y', '.2f'), ('ssim_y', 'SSIM-Y', '.4f'),
-           ('psnr_ycbcr', 'PSNR-YCbCr', '.2f'), ('ssim_ycbcr', 'SSIM-YCbCr', '.4f')]
+           ('psnr_ycbcr', 'PSNR-YCbCr', '.2f'), ('ssim_ycbcr', 'SSIM-YCbCr', '.4f'),
+           ('niqe', 'NIQE', '.2f'), ('lpips', 'LPIPS', '.4f')]
+# --metrics names, the columns each adds, and the default selection
+METRIC_COLUMNS = {'psnr': ('psnr_y', 'psnr_ycbcr'), 'ssim': ('ssim_y', 'ssim_ycbcr'),
+                  'niqe': ('niqe',), 'lpips': ('lpips',)}
+DEFAULT_METRICS = ('psnr', 'ssim', 'niqe')
 SSIM_WINDOW = 11
 
 # A method upscales a (3, h, w) LR tensor in [0, 1] to (3, h*s, w*s); the output need not
-# be clamped, image_metrics clamps and rounds.
+# be clamped, the metrics clamp and round.
 Method = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -50,6 +64,32 @@ def generator_method(generator: torch.nn.Module, scale: int, device: torch.devic
     optional autocast), optionally in tiles of `tile` LR pixels (0 = whole image)."""
     model = utils.inference_model(generator, device)
     return lambda lr: utils.super_resolve(model, lr, scale, tile, utils.TILE_OVERLAP, amp_dtype)
+
+
+def parse_metrics(text: str) -> tuple:
+    """'psnr,ssim,niqe' -> ('psnr', 'ssim', 'niqe'), for --metrics."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(',') if n.strip()))
+    unknown = [n for n in names if n not in METRIC_COLUMNS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f'{text!r}: choose a comma-separated list of {", ".join(METRIC_COLUMNS)}')
+    return names
+
+
+def metric_functions(metrics: tuple, lpips_metric: utils.LPIPS = None) -> dict:
+    """Row key -> f(sr, hr, scale) for the chosen metrics (names of METRIC_COLUMNS)."""
+    functions = {
+        'psnr_y': lambda sr, hr, s: utils.psnr(sr, hr, s, True),
+        'psnr_ycbcr': lambda sr, hr, s: utils.psnr(sr, hr, s, False),
+        'ssim_y': lambda sr, hr, s: utils.ssim(sr, hr, s, True),
+        'ssim_ycbcr': lambda sr, hr, s: utils.ssim(sr, hr, s, False),
+        'niqe': lambda sr, hr, s: utils.niqe(sr, s),
+        'lpips': lambda sr, hr, s: lpips_metric(sr, hr, s),
+    }
+    if 'lpips' in metrics and lpips_metric is None:
+        raise ValueError('the lpips metric needs an utils.LPIPS instance')
+    return {key: functions[key] for key, _, _ in METRICS
+            if any(key in METRIC_COLUMNS[m] for m in metrics)}
 
 
 def find_images(folder: str) -> list:
@@ -80,14 +120,18 @@ def load_hr_lr(path: str, scale: int, max_megapixels: float = utils.MAX_MEGAPIXE
 
 
 def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
-                    progress: bool = True, max_megapixels: float = utils.MAX_MEGAPIXELS) -> tuple:
-    """Score every image of `folder` (or the given `paths` in it) with every method.
+                    progress: bool = True, max_megapixels: float = utils.MAX_MEGAPIXELS,
+                    metrics: tuple = DEFAULT_METRICS, lpips_metric: utils.LPIPS = None) -> tuple:
+    """Score every image of `folder` (or the given `paths` in it) with every method, and with
+    niqe the HR image itself (method 'HR').
 
-    Returns (rows, errors): rows are per-image dicts with dataset, method, image and the four
-    metrics; errors are one-line messages for the images that were skipped."""
+    Returns (rows, errors): rows are per-image dicts with dataset, method, image and the chosen
+    metrics (None where one does not apply); errors are one-line messages for the images that
+    were skipped."""
     dataset = os.path.basename(os.path.normpath(folder))
     if paths is None:
         paths = find_images(folder)
+    functions = metric_functions(metrics, lpips_metric)
     rows, errors = [], []
     for path in tqdm(paths, desc=dataset, unit='img', disable=not progress, file=sys.stderr):
         try:
@@ -96,11 +140,44 @@ def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
             errors.append(str(e))
             tqdm.write(f'error: {e}', file=sys.stderr)
             continue
+        image = {'dataset': dataset, 'image': os.path.basename(path)}
+        blank = {}  # metric -> why this image cannot have it (too small)
         for name, method in methods.items():
-            sr = method(lr)
-            rows.append({'dataset': dataset, 'method': name, 'image': os.path.basename(path),
-                         **utils.image_metrics(sr, hr, scale)})
+            rows.append({**image, 'method': name,
+                         **score(functions, method(lr), hr, scale, blank)})
+        if 'niqe' in functions and 'niqe' not in blank:
+            rows.append({**image, 'method': 'HR', **dict.fromkeys(functions),
+                         'niqe': utils.niqe(hr, scale)})
+        for reason in blank.values():
+            tqdm.write(f'warning: {path}: {reason}; left blank', file=sys.stderr)
     return rows, errors
+
+
+def score(functions: dict, sr: torch.Tensor, hr: torch.Tensor, scale: int, blank: dict) -> dict:
+    """Each metric of one SR image; None (and the reason in `blank`) where the image is too
+    small for it."""
+    values = {}
+    for key, function in functions.items():
+        if key in blank:
+            values[key] = None
+            continue
+        try:
+            values[key] = function(sr, hr, scale)
+        except ValueError as e:
+            if key not in ('niqe', 'lpips'):  # the metrics with a minimum size beyond SSIM's
+                raise
+            blank[key], values[key] = str(e), None
+    return values
+
+
+def columns(rows: list) -> list:
+    """The METRICS entries that `rows` (per-image rows or the summary) have."""
+    return [m for m in METRICS if any(m[0] in r for r in rows)]
+
+
+def mean(values: list) -> Optional[float]:
+    """The mean, or None when any value is None (a blank stays blank in the folder's mean)."""
+    return None if None in values else statistics.fmean(values)
 
 
 def summarize(rows: list) -> list:
@@ -108,19 +185,21 @@ def summarize(rows: list) -> list:
     groups = {}
     for row in rows:
         groups.setdefault((row['dataset'], row['method']), []).append(row)
+    keys = [key for key, _, _ in columns(rows)]
     return [{'dataset': dataset, 'method': method, 'images': len(group),
-             **{key: statistics.fmean(r[key] for r in group) for key, _, _ in METRICS}}
+             **{key: mean([r[key] for r in group]) for key in keys}}
             for (dataset, method), group in groups.items()]
 
 
 def format_table(summary: list) -> str:
-    """The summary as a Markdown table."""
-    header = ['dataset', 'method', 'images'] + [title for _, title, _ in METRICS]
+    """The summary as a Markdown table; blank values as '-'."""
+    shown = columns(summary)
+    header = ['dataset', 'method', 'images'] + [title for _, title, _ in shown]
     lines = ['| ' + ' | '.join(header) + ' |',
              '|---|---|' + '---:|' * (len(header) - 2)]
     for s in summary:
         cells = [s['dataset'], s['method'], str(s['images'])]
-        cells += [format(s[key], fmt) for key, _, fmt in METRICS]
+        cells += ['-' if s[key] is None else format(s[key], fmt) for key, _, fmt in shown]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -135,7 +214,7 @@ def write_json(summary: list, path: str) -> None:
 
 def write_csv(rows: list, path: str) -> None:
     """One line per image and method."""
-    fields = ['dataset', 'method', 'image'] + [key for key, _, _ in METRICS]
+    fields = ['dataset', 'method', 'image'] + [key for key, _, _ in columns(rows)]
 
     def write(tmp):
         with open(tmp, 'w', newline='') as f:
@@ -160,6 +239,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'bf16 where the GPU/CPU has native bf16, else float32')
     parser.add_argument('--tile', type=utils.number(int, 0), default=0, metavar='N',
                         help='run the generators on N x N LR tiles to bound memory (0 = whole)')
+    parser.add_argument('--metrics', type=parse_metrics, default=DEFAULT_METRICS,
+                        metavar='LIST',
+                        help=f'comma-separated, of {", ".join(METRIC_COLUMNS)} (default: '
+                             f'{",".join(DEFAULT_METRICS)}); niqe adds an HR row, lpips needs '
+                             "torchvision's ImageNet AlexNet")
     parser.add_argument('--json', metavar='FILE', help='write the table rows as JSON')
     parser.add_argument('--csv', metavar='FILE', help='write per-image metrics as CSV')
     parser.add_argument('--max_megapixels', type=utils.number(float, 0, low_open=True),
@@ -173,10 +257,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.cuda and not torch.cuda.is_available():
         parser.error('--cuda: no CUDA device is available')
     args.weight = [parse_weight(w) for w in args.weight]
-    labels = ['Bicubic'] + [name for name, _ in args.weight]
+    labels = ['Bicubic', 'HR'] + [name for name, _ in args.weight]
     for name in labels:
         if labels.count(name) > 1:
-            parser.error(f'--weight: the label {name!r} is used twice; name them NAME=PATH')
+            parser.error(f'--weight: the label {name!r} is used twice (Bicubic and HR are '
+                         'rows of their own); name them NAME=PATH')
     return args
 
 
@@ -204,6 +289,12 @@ def main(argv=None) -> int:
             problems.append(str(e))
             continue
         methods[name] = generator_method(generator, scale, device, amp_dtype, args.tile)
+    lpips_metric = None
+    if 'lpips' in args.metrics:
+        try:
+            lpips_metric = utils.LPIPS(device)
+        except utils.LPIPSError as e:
+            problems.append(f'--metrics lpips: {e}')
     folders = []
     for folder in args.data:
         try:
@@ -218,7 +309,8 @@ def main(argv=None) -> int:
     rows, skipped = [], []
     for folder, paths in folders:
         folder_rows, errors = evaluate_folder(folder, methods, scale, paths,
-                                              max_megapixels=args.max_megapixels)
+                                              max_megapixels=args.max_megapixels,
+                                              metrics=args.metrics, lpips_metric=lpips_metric)
         rows += folder_rows
         skipped += errors
     summary = summarize(rows)

@@ -3,7 +3,8 @@
     1. Image I/O      files <-> (3, H, W) float tensors; ImageError; atomic writes
     2. Colour         RGB <-> BT.601 YCbCr (MATLAB's rgb2ycbcr)
     3. Resize         MATLAB-compatible bicubic imresize, modcrop, the degradation (downscale)
-    4. Metrics        PSNR / SSIM on 8-bit images, as the published tables compute them
+    4. Metrics        PSNR / SSIM on 8-bit images, as the published tables compute them;
+                      NIQE (no reference, as MATLAB's niqe); LPIPS (optional)
     5. Datasets       TrainSet (random crops), ValidSet (whole images), make_loader,
                       DeviceCrops (TrainSet's batches cut on the training device)
     6. Preparation    cutting training images into sub-images; this file's command line
@@ -17,6 +18,7 @@ metrics are computed on 8-bit images with BT.601 (MATLAB) YCbCr.
     python utils.py --input data/DIV2K_train_HR --output data/DIV2K_train_sub
 """
 import argparse
+import contextlib
 import errno
 import functools
 import math
@@ -25,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import warnings
@@ -373,16 +376,20 @@ def downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
 # =============================================================================================
 # 4. Metrics
 # PSNR / SSIM on 8-bit images (SR rounded first), border of `scale` pixels cropped,
-# BT.601 YCbCr, float64; "Y" = luma only, "YCbCr" = all three channels.
+# BT.601 YCbCr, float64; "Y" = luma only, "YCbCr" = all three channels. NIQE and LPIPS on
+# the same 8-bit images with the same border.
 # =============================================================================================
 
 def _as_uint8_hwc(img) -> np.ndarray:
-    """Accept a (3, H, W) [0, 1] tensor or an HxWx3 / HxW uint8 array."""
+    """Accept a (3, H, W) / (1, H, W) [0, 1] tensor or an HxWx3 / HxW[x1] uint8 array; grey
+    becomes R = G = B."""
     if isinstance(img, torch.Tensor):
         img = to_uint8(img)
     img = np.asarray(img)
     if img.dtype != np.uint8:
         raise TypeError(f'metrics expect uint8 images or [0, 1] tensors, got {img.dtype}')
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     return img
@@ -450,6 +457,224 @@ def image_metrics(sr, hr, scale: int) -> dict:
     """PSNR/SSIM on Y and on YCbCr, border of `scale` pixels cropped."""
     return {'psnr_y': psnr(sr, hr, scale, True), 'ssim_y': ssim(sr, hr, scale, True),
             'psnr_ycbcr': psnr(sr, hr, scale, False), 'ssim_ycbcr': ssim(sr, hr, scale, False)}
+
+# NIQE (Mittal, Soundararajan and Bovik, "Making a 'completely blind' image quality analyzer",
+# 2013): no reference, lower is better. 36 natural-scene features per 96x96 block (18 at full
+# and 18 at half size) are fitted with a Gaussian, whose distance to the pristine-image model
+# (weights/niqe_pris_params.npz; weights/README.md says where it comes from) is the score.
+# All blocks are processed at once; matches MATLAB's niqe to 1e-6 on Set14's baboon.png.
+
+NIQE_BLOCK = 96
+NIQE_PARAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
+                           'niqe_pris_params.npz')
+
+
+@functools.lru_cache(maxsize=1)
+def _niqe_model() -> tuple:
+    """The pristine model as float64 tensors: mean (36,), covariance (36, 36), and the 7-tap
+    Gaussian whose outer product is the 7x7 local-normalisation window."""
+    with np.load(NIQE_PARAMS, allow_pickle=False) as f:
+        mu, cov, window = f['mu_pris_param'], f['cov_pris_param'], f['gaussian_window']
+    # the window is the outer product of its marginal (to 1e-17): two 1-D passes, 7x cheaper
+    return (torch.from_numpy(mu[0]), torch.from_numpy(cov),
+            torch.from_numpy(window.sum(axis=1)))
+
+
+@functools.lru_cache(maxsize=1)
+def _ggd_shape_table() -> tuple:
+    """Shapes s = 0.2, 0.201, ..., 10 and the generalised Gaussian's (E|x|)^2 / E[x^2] for each,
+    Gamma(2/s)^2 / (Gamma(1/s) Gamma(3/s)), which increases with s."""
+    s = torch.arange(200, 10001, dtype=torch.float64) / 1000
+    return s, torch.exp(2 * torch.lgamma(2 / s) - torch.lgamma(1 / s) - torch.lgamma(3 / s))
+
+
+def _aggd_fit(x: torch.Tensor) -> tuple:
+    """Asymmetric generalised Gaussian fit of each row of x (..., n) by moment matching on the
+    shape table (MATLAB's estimateaggdparam): (shape, left scale, right scale)."""
+    neg, pos = x.clamp(max=0), x.clamp(min=0)
+    sq_neg, sq_pos = torch.linalg.vecdot(neg, neg), torch.linalg.vecdot(pos, pos)
+    left = torch.sqrt(sq_neg / (x < 0).sum(-1))   # NaN without negative values, as MATLAB
+    right = torch.sqrt(sq_pos / (x > 0).sum(-1))
+    g = left / right
+    n = x.shape[-1]
+    rhat = ((pos.sum(-1) - neg.sum(-1)) / n) ** 2 / ((sq_neg + sq_pos) / n)
+    target = rhat * (g ** 3 + 1) * (g + 1) / (g ** 2 + 1) ** 2
+    shapes, ratio = _ggd_shape_table()
+    # The nearest table entry (the first of two equally near, as argmin). Without values on
+    # both sides there is no fit: MATLAB's min over NaNs then returns the first entry.
+    finite = torch.isfinite(target)
+    t = torch.where(finite, target, ratio[0])
+    i = torch.searchsorted(ratio, t).clamp(1, len(ratio) - 1)
+    i = torch.where((t - ratio[i - 1]) ** 2 <= (ratio[i] - t) ** 2, i - 1, i)
+    shape = shapes[torch.where(finite, i, 0)]
+    scale = torch.exp(0.5 * (torch.lgamma(1 / shape) - torch.lgamma(3 / shape)))
+    return shape, left * scale, right * scale
+
+
+# |I - mu| below this (0-255 scale) is zero in exact arithmetic: rounding errors are ~1e-13
+_MSCN_ZERO = 1e-9
+
+
+def _mscn(img: torch.Tensor) -> torch.Tensor:
+    """Mean-subtracted contrast-normalised coefficients (I - mu) / (sigma + 1) of an (H, W)
+    float64 image: local mean and deviation under the 7x7 Gaussian, edges replicated
+    (MATLAB's imfilter 'replicate')."""
+    g = _niqe_model()[2].tolist()
+    h, w = img.shape
+    maps = torch.nn.functional.pad(torch.stack([img, img * img])[None], (3, 3, 3, 3),
+                                   mode='replicate')[0]
+    rows = maps[..., :w] * g[0]                        # along rows,
+    for k in range(1, 7):
+        rows.add_(maps[..., k:k + w], alpha=g[k])
+    blurred = rows[:, :h] * g[0]                       # then along columns
+    for k in range(1, 7):
+        blurred.add_(rows[:, k:k + h], alpha=g[k])
+    mu, mu_sq = blurred
+    # A flat (or mirror-symmetric) neighbourhood gives I - mu = 0, which rounding turns into
+    # +-1e-13 depending on the summation order; the fits count negative and positive values,
+    # so make those exact zeros. (MATLAB's imfilter gives 0 there on Set14's baboon; a 2-D
+    # 7x7 filter without this gives 5.72996 instead of MATLAB's 5.72957.)
+    diff = img - mu
+    diff = torch.where(diff.abs() < _MSCN_ZERO, 0, diff)
+    return diff / (torch.sqrt((mu_sq - mu * mu).abs()) + 1)
+
+
+def _niqe_features(mscn: torch.Tensor, block: int) -> torch.Tensor:
+    """(blocks, 18) features of the block x block tiles of an MSCN map whose sides are
+    multiples of `block`: the GGD fit of the coefficients (shape, scale) and the AGGD fits of
+    their products with the horizontal, vertical and both diagonal neighbours (shape, mean,
+    left and right scale). Neighbours wrap around inside a tile (MATLAB's circshift)."""
+    h, w = mscn.shape
+    tiles = mscn.reshape(h // block, block, w // block, block).transpose(1, 2)
+    tiles = tiles.reshape(-1, block, block)
+    # one map at a time keeps memory at a few copies of the image, even for large photos
+    fits = [_aggd_fit(tiles.flatten(1))]
+    fits += [_aggd_fit((tiles * torch.roll(tiles, shift, dims=(1, 2))).flatten(1))
+             for shift in ((0, 1), (1, 0), (1, 1), (1, -1))]
+    shape, left, right = (torch.stack(f, 1) for f in zip(*fits))
+    mean = (right - left) * torch.exp(torch.lgamma(2 / shape) - torch.lgamma(1 / shape))
+    pairs = torch.stack([shape, mean, left, right], -1)[:, 1:].flatten(1)
+    return torch.cat([shape[:, :1], (left[:, :1] + right[:, :1]) / 2, pairs], 1)
+
+
+def niqe_luma(img, crop_border: int = 0) -> torch.Tensor:
+    """The (H, W) float64 image NIQE scores: the Y channel (0-255) of the 8-bit image, border
+    cropped, rounded as MATLAB's rgb2ycbcr rounds uint8 (half away from zero)."""
+    a = _as_uint8_hwc(img)
+    if crop_border:
+        a = a[crop_border:-crop_border, crop_border:-crop_border]
+    # Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 for R, G, B in 0..255, in thousandths as
+    # integers: 194 colours give exactly k + 0.5, which floats would round either way
+    y = a.astype(np.int64) @ np.array([65481, 128553, 24966]) + 16 * 255000
+    return torch.from_numpy(((y + 127500) // 255000).astype(np.float64))
+
+
+def _niqe_score(y: torch.Tensor) -> float:
+    """NIQE of an (H, W) float64 luma image (niqe_luma) with at least two whole blocks."""
+    rows, cols = y.shape[0] // NIQE_BLOCK, y.shape[1] // NIQE_BLOCK
+    y = y[:rows * NIQE_BLOCK, :cols * NIQE_BLOCK]
+    half = imresize(y, 0.5)  # MATLAB's imresize(im, 0.5): bicubic, antialiased
+    feats = torch.cat([_niqe_features(_mscn(y), NIQE_BLOCK),
+                       _niqe_features(_mscn(half), NIQE_BLOCK // 2)], 1)
+    complete = feats[~feats.isnan().any(1)]  # MATLAB's nancov drops rows with a NaN
+    if len(complete) < 2:
+        return float('nan')
+    mu_p, cov_p, _ = _niqe_model()
+    d = mu_p - feats.nanmean(0)
+    return float(torch.sqrt(d @ torch.linalg.pinv((cov_p + torch.cov(complete.T)) / 2) @ d))
+
+
+def niqe(img, crop_border: int = 0) -> float:
+    """NIQE: no-reference naturalness, lower is better (natural photos score about 3-6).
+
+    Takes what psnr takes (a [0, 1] tensor or a uint8 array; grey counts as R = G = B) and
+    scores the rounded Y channel with `crop_border` pixels cropped; the image is then cut to
+    whole 96x96 blocks, of which it needs at least two (ValueError otherwise). An image
+    without texture (fewer than two blocks with coefficients of both signs) gives nan."""
+    y = niqe_luma(img, crop_border)
+    if (y.shape[0] // NIQE_BLOCK) * (y.shape[1] // NIQE_BLOCK) < 2:
+        cropped = f' after cropping {crop_border} border pixels' if crop_border else ''
+        raise ValueError(f'NIQE needs at least two {NIQE_BLOCK}x{NIQE_BLOCK} blocks, got a '
+                         f'{y.shape[1]}x{y.shape[0]} image{cropped}')
+    return _niqe_score(y)
+
+
+class LPIPSError(RuntimeError):
+    """LPIPS cannot run here (package or AlexNet weights missing); str() is one line."""
+
+
+def _alexnet_state() -> dict:
+    """torchvision's ImageNet AlexNet, from torch's hub cache (downloaded there once)."""
+    from torchvision.models import AlexNet_Weights
+    weights = AlexNet_Weights.IMAGENET1K_V1
+    path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
+    # A machine without internet must fail fast with a useful message, not hang.
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)
+    try:
+        # torch.hub announces the download on stdout, where evaluate.py prints its table
+        with contextlib.redirect_stdout(sys.stderr):
+            return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except Exception as e:
+        reason = ' '.join(f'{type(e).__name__}: {e}'.split())
+        raise LPIPSError(f"LPIPS needs torchvision's ImageNet AlexNet weights ({reason}): "
+                         f'download {weights.url} and place it at {path}') from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+class LPIPS:
+    """LPIPS (Zhang et al. 2018), AlexNet, v0.1: a learned full-reference distance, lower is
+    better (0 for identical images). Images need at least MIN_SIZE x MIN_SIZE pixels.
+
+    Needs the `lpips` package (requirements.txt) and torchvision's ImageNet AlexNet, which
+    downloads into torch's hub cache on first use. backbone='random' uses an untrained AlexNet:
+    for testing the wiring only, its distances mean nothing."""
+
+    MIN_SIZE = 31  # AlexNet's second max-pooling needs 3x3 left
+
+    def __init__(self, device='cpu', backbone: str = 'imagenet'):
+        if backbone not in ('imagenet', 'random'):
+            raise ValueError(f"backbone must be 'imagenet' or 'random', got {backbone!r}")
+        try:
+            import lpips
+        except ImportError:
+            raise LPIPSError('LPIPS needs the lpips package: python -m pip install lpips') from None
+        state = _alexnet_state() if backbone == 'imagenet' else None
+        # Built without any weights (lpips would download AlexNet itself, and load its own
+        # file without weights_only), then filled from files loaded safely.
+        with warnings.catch_warnings():  # lpips passes torchvision the deprecated `pretrained`
+            warnings.simplefilter('ignore', UserWarning)
+            net = lpips.LPIPS(pretrained=False, net='alex', version='0.1', pnet_rand=True,
+                              verbose=False)
+        linear = os.path.join(os.path.dirname(lpips.__file__), 'weights', 'v0.1', 'alex.pth')
+        linear = torch.load(linear, map_location='cpu', weights_only=True)
+        net.lins.load_state_dict({k[len('lin'):]: v for k, v in linear.items()})
+        if state is not None:
+            # lpips keeps AlexNet's layers under their torchvision indices: slice2.3 = features.3
+            net.net.load_state_dict({name: state['features.' + name.split('.', 1)[1]]
+                                     for name in net.net.state_dict()})
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, img1: torch.Tensor, img2: torch.Tensor, crop_border: int = 0):
+        """Distance of two RGB [0, 1] tensors: (3, H, W) -> float, (N, 3, H, W) -> (N,)
+        tensor. Scored, as every metric here, on the 8-bit images with the border cropped."""
+        if img1.shape != img2.shape:
+            raise ValueError(f'image shapes differ: {tuple(img1.shape)} vs {tuple(img2.shape)}')
+        single = img1.dim() == 3
+        pair = [x[None] if single else x for x in (img1, img2)]
+        if crop_border:
+            pair = [x[..., crop_border:-crop_border, crop_border:-crop_border] for x in pair]
+        if min(pair[0].shape[-2:]) < self.MIN_SIZE:
+            cropped = f' after cropping {crop_border} border pixels' if crop_border else ''
+            raise ValueError(f'LPIPS needs at least {self.MIN_SIZE}x{self.MIN_SIZE} pixels, got '
+                             f'{pair[0].shape[-1]}x{pair[0].shape[-2]}{cropped}')
+        # LPIPS takes [-1, 1]
+        a, b = (quantize(x.float()).to(self.device) * 2 - 1 for x in pair)
+        distance = self.net(a, b).flatten().cpu()
+        return float(distance[0]) if single else distance
 
 
 # =============================================================================================
