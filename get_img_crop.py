@@ -28,8 +28,9 @@ import sys
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from utils import MAX_MEGAPIXELS, ImageError, check_pixels, load_image, number, \
-    set_max_megapixels, to_uint8
+from utils import (EXIT_FAILED, MAX_MEGAPIXELS, ImageError, UsageError, atomic_write,
+                   check_pixels, error, fail, load_image, number, set_max_megapixels, to_uint8)
+from utils import save_pil as save  # the format from the extension (else PNG), atomically
 
 # Distinct colours for boxes 0, 1, 2, ... (repeats after the last).
 PALETTE = ('#e6194b', '#3cb44b', '#4363d8', '#ffe119', '#f032e6', '#42d4f4', '#f58231',
@@ -43,7 +44,8 @@ CROP_BORDER = 2     # width of the coloured frame around each saved patch
 
 
 class CropError(Exception):
-    """Bad boxes, coordinates file or arguments; str() is the one-line message."""
+    """A coordinates file that cannot be used, or a cancelled selection; str() is the one-line
+    message. Bad flags raise utils.UsageError."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ def parse_box(text: str) -> tuple:
     except ValueError:
         box = ()
     if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise CropError(f'--box {text}: expected X,Y,W,H (integers, W and H positive)')
+        raise UsageError(f'--box {text}: expected X,Y,W,H (integers, W and H positive)')
     return box
 
 
@@ -93,10 +95,11 @@ def save_coords(path: str, image_path: str, size: tuple, boxes: list, colors: li
     rows = [json.dumps({'box': list(b), 'color': c}) for b, c in zip(boxes, colors)]
     # one box per line: readable, and diffs of edited files stay small
     text = json.dumps(head)[:-1] + ', "boxes": [\n  ' + ',\n  '.join(rows) + '\n]}\n'
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(text)
+    atomic_write(path, write)
 
 
 def _integers(values) -> tuple:
@@ -114,7 +117,7 @@ def load_coords(path: str, size: tuple) -> tuple:
         with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise CropError(f'{path}: file not found') from None
+        raise UsageError(f'{path}: file not found') from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CropError(f'{path}: not a JSON coords file ({e})') from None
     try:
@@ -144,12 +147,7 @@ def load_coords(path: str, size: tuple) -> tuple:
 def read_rgb(path: str) -> Image.Image:
     """An RGB PIL image of any input utils.load_image reads (16-bit, EXIF orientation ...);
     transparency is shown over white. Raises ImageError."""
-    try:
-        rgb, alpha = load_image(path)
-    except ImageError:
-        raise
-    except Exception as e:  # rarer Pillow exceptions on corrupt files
-        raise ImageError(f'{path}: unreadable image ({type(e).__name__})') from None
+    rgb, alpha = load_image(path)
     if alpha is not None:
         rgb = rgb * alpha + (1 - alpha)
     return Image.fromarray(to_uint8(rgb))
@@ -212,19 +210,6 @@ def comparison(patches: list, labels: list) -> Image.Image:
     return out
 
 
-def save(img: Image.Image, path: str) -> str:
-    """Save by extension (PNG where Pillow cannot write it) via a temporary file; returns
-    the path written."""
-    ext = os.path.splitext(path)[1].lower()
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in Image.SAVE:
-        path, fmt = os.path.splitext(path)[0] + '.png', 'PNG'
-    tmp = os.path.join(os.path.dirname(path) or '.', '.tmp_' + os.path.basename(path))
-    img.save(tmp, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {}))
-    os.replace(tmp, path)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 # Interactive selection (tkinter from the standard library, Pillow's ImageTk)
 # ---------------------------------------------------------------------------------------------
@@ -240,14 +225,14 @@ def window_scale(img_size: tuple, screen_size: tuple) -> float:
 
 def select_boxes(img: Image.Image, name: str) -> list:
     """Let the user drag boxes on `img`; returns them in image pixels ([] if cancelled).
-    Raises CropError when no window can be opened."""
+    Raises UsageError when no window can be opened (no display, or no Tk)."""
     try:
         import tkinter as tk
         from PIL import ImageTk
         root = tk.Tk()
     except Exception as e:  # no display, or Python built without Tk
-        raise CropError(f'cannot open a window to select boxes ({str(e).splitlines()[0]}); '
-                        'pass --box X,Y,W,H (repeatable) or --coords FILE') from None
+        raise UsageError(f'cannot open a window to select boxes ({str(e).splitlines()[0]}); '
+                         'pass --box X,Y,W,H (repeatable) or --coords FILE') from None
     root.title(f'{WINDOW_TITLE} ({name})')
     scale = window_scale(img.size, (root.winfo_screenwidth(), root.winfo_screenheight()))
     shown = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
@@ -364,21 +349,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def error(msg: str) -> None:
-    print(f'error: {msg}', file=sys.stderr, flush=True)
-
-
 def get_boxes(args: argparse.Namespace, first: Image.Image) -> tuple:
     """(boxes in the first image's pixels, their colours), from --coords, --box or the
     window."""
     if args.coords and args.box:
-        raise CropError('give either --coords or --box, not both')
+        raise UsageError('give either --coords or --box, not both')
     if args.coords:
         return load_coords(args.coords, first.size)
     if args.box:
         boxes = [parse_box(b) for b in args.box]
-        for text, b in zip(args.box, boxes):
-            check_box(b, first.size, f'--box {text}')
+        try:
+            for text, b in zip(args.box, boxes):
+                check_box(b, first.size, f'--box {text}')
+        except CropError as e:  # a flag that does not fit the image
+            raise UsageError(str(e)) from None
     else:
         boxes = select_boxes(first, os.path.basename(args.image[0]))
         if not boxes:
@@ -398,8 +382,8 @@ def main(argv=None) -> int:
     labels = ([s.strip() for s in args.labels.split(',')] if args.labels else
               [os.path.splitext(os.path.basename(p))[0] for p in args.image])
     if len(labels) != len(args.image):
-        error(f'--labels gives {len(labels)} label(s) for {len(args.image)} image(s)')
-        return 2
+        return fail(UsageError(f'--labels gives {len(labels)} label(s) for {len(args.image)} '
+                               'image(s)'))
     set_max_megapixels(args.max_megapixels)
     images, failed = {}, 0
     for path in args.image:
@@ -411,17 +395,17 @@ def main(argv=None) -> int:
             failed += 1
     first = args.image[0]
     if first not in images:
-        return 1
+        return EXIT_FAILED
     try:
         if args.out_dir:
-            os.makedirs(args.out_dir, exist_ok=True)
+            try:
+                os.makedirs(args.out_dir, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f'{args.out_dir}: cannot create the output folder '
+                                 f'({e.strerror or e})') from None
         boxes, colors = get_boxes(args, images[first])
-    except OSError as e:
-        error(f'{args.out_dir}: cannot create the output folder ({e.strerror or e})')
-        return 1
-    except CropError as e:
-        error(str(e))
-        return 1
+    except (UsageError, CropError) as e:
+        return fail(e)
 
     patches = [[] for _ in boxes]
     kept_labels = []
@@ -441,7 +425,7 @@ def main(argv=None) -> int:
             patches[i].append(patch)
         kept_labels.append(label)
     if not kept_labels:
-        return 1
+        return EXIT_FAILED
     out_dir = args.out_dir or os.path.dirname(first) or '.'
     try:
         for i, row in enumerate(patches):
@@ -449,8 +433,8 @@ def main(argv=None) -> int:
             print(f'wrote {out}')
     except OSError as e:
         error(f'{out_dir}: cannot write the comparison pictures ({e}){hint}')
-        return 1
-    return 1 if failed else 0
+        return EXIT_FAILED
+    return EXIT_FAILED if failed else 0
 
 
 if __name__ == '__main__':

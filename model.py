@@ -104,6 +104,14 @@ class Discriminator(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
+def load_state_file(path: str):
+    """Read a .pth file (weights, checkpoint) onto the CPU with weights_only=True: the project's
+    one torch.load. Tensors and plain containers only; a file holding other pickled Python
+    objects raises instead of running their code. utils.load_checkpoint adds the one-line
+    messages."""
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
 class VGGWeightsError(RuntimeError):
     """The VGG19 weights for the perceptual loss could not be obtained."""
 
@@ -128,7 +136,7 @@ def _vgg19_state_dict(weights: str) -> dict:
     if not os.path.isfile(weights):
         raise VGGWeightsError(f'{weights}: VGG19 weights file not found')
     try:
-        state = torch.load(weights, map_location='cpu', weights_only=True)
+        state = load_state_file(weights)
     except Exception as e:
         raise VGGWeightsError(f'{weights}: not a readable VGG19 weights file ({e})') from None
     if not isinstance(state, dict):

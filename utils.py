@@ -1,6 +1,7 @@
 """Everything the scripts share, in data-flow order:
 
-    1. Image I/O      files <-> (3, H, W) float tensors; ImageError; atomic writes
+    1. Image I/O      the error contract (UsageError, fail); files <-> (3, H, W) float
+                      tensors; ImageError; atomic writes
     2. Colour         RGB <-> BT.601 YCbCr (MATLAB's rgb2ycbcr)
     3. Resize         MATLAB-compatible bicubic imresize, modcrop, the degradation (downscale)
     4. Metrics        PSNR / SSIM on 8-bit images, as the published tables compute them;
@@ -10,7 +11,7 @@
     6. Preparation    cutting training images into sub-images; this file's command line
     7. Checkpoints    safe loading, atomic saving, weights files, load_generator
     8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve
-    9. Flags          argparse types for bounded numbers
+    9. Command line   the device --cuda asks for, argparse types for bounded numbers
 
 Conventions (README.md, "Conventions"): tensors are RGB float32 in [0, 1], CHW or NCHW;
 metrics are computed on 8-bit images with BT.601 (MATLAB) YCbCr.
@@ -38,14 +39,40 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from model import Generator, fuse_batchnorm
+from model import Generator, fuse_batchnorm, load_state_file
 
 
 # =============================================================================================
 # 1. Image I/O
 # Files in and out. Tensors are RGB float32 in [0, 1], (3, H, W); every unusable input
-# raises ImageError (one line naming the file); every file is written atomically.
+# raises ImageError (one line naming the file); every file is written atomically. First the
+# scripts' error contract: one line 'error: ...' on stderr, exit status 2 when the command
+# cannot run as given (UsageError, argparse's own code), 1 when the work failed (README.md,
+# "Conventions").
 # =============================================================================================
+
+EXIT_FAILED = 1  # the work failed: unusable file contents, a failed write, a NaN loss ...
+EXIT_USAGE = 2   # the command cannot run as given; argparse exits with 2 for bad flags too
+
+
+class UsageError(ValueError):
+    """The command cannot run as given: a flag's value or a combination of flags, a file or
+    folder it names that is missing, of the wrong kind or empty, or a device or package the
+    flags ask for that this machine lacks. str() is one line."""
+
+
+def error(msg: str) -> None:
+    """Report a problem: one line on stderr."""
+    print(f'error: {msg}', file=sys.stderr, flush=True)
+
+
+def fail(*problems: Exception) -> int:
+    """Report each problem on its own line; the exit status: EXIT_USAGE when any of them is
+    a UsageError, else EXIT_FAILED."""
+    for e in problems:
+        error(str(e))
+    return EXIT_USAGE if any(isinstance(e, UsageError) for e in problems) else EXIT_FAILED
+
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
@@ -64,6 +91,18 @@ def list_images(root: str, recursive: bool = True) -> list:
         if not recursive:
             break
     return sorted(paths)
+
+
+def find_images(folder: str, what: str = 'folder', recursive: bool = True) -> list:
+    """The images in a folder named on the command line (list_images), or UsageError when it
+    is missing, not a folder, or holds no images; `what` names it in the message."""
+    if not os.path.isdir(folder):
+        problem = f'{what} not found' if not os.path.exists(folder) else f'not a folder ({what})'
+        raise UsageError(f'{folder}: {problem}')
+    paths = list_images(folder, recursive)
+    if not paths:
+        raise UsageError(f'{folder}: no images ({", ".join(IMAGE_EXTENSIONS)}) in this {what}')
+    return paths
 
 
 def _check_image_file(path: str) -> None:
@@ -160,8 +199,14 @@ def pil_to_array(img: Image.Image) -> tuple:
 
 def load_image(path: str) -> tuple:
     """Load any PIL-readable image as (rgb, alpha): rgb a (3, H, W) float32 tensor in [0, 1],
-    alpha a (1, H, W) tensor or None. Raises ImageError naming the file."""
-    rgb, alpha = pil_to_array(open_image(path))
+    alpha a (1, H, W) tensor or None. Every failure is an ImageError naming the file."""
+    try:
+        rgb, alpha = pil_to_array(open_image(path))
+    except ImageError:
+        raise
+    except Exception as e:  # rarer exceptions Pillow raises converting a damaged file
+        detail = (str(e).strip().splitlines() or [''])[0]
+        raise ImageError(f'{path}: unreadable image ({type(e).__name__}: {detail})') from None
     rgb = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
     if alpha is not None:
         alpha = torch.from_numpy(np.ascontiguousarray(alpha))[None]
@@ -220,19 +265,34 @@ def write_failure(path: str, e: OSError) -> str:
     return f'cannot write {path} ({e.strerror or e})'
 
 
-def save_image(x: torch.Tensor, path: str, alpha: torch.Tensor = None) -> None:
-    """Save a (3, H, W) [0, 1] tensor (plus optional (1, H, W) alpha) as an 8-bit image.
-    The format follows the extension; PNG is lossless."""
+def output_format(path: str) -> tuple:
+    """(path, Pillow format) to write an image as: the format `path`'s extension names, or
+    PNG, with '.png' put in place of the extension, where Pillow cannot write that one."""
+    stem, ext = os.path.splitext(path)
+    fmt = Image.registered_extensions().get(ext.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        return stem + '.png', 'PNG'
+    return path, fmt
+
+
+def save_pil(img: Image.Image, path: str) -> str:
+    """Write a PIL image atomically in the format output_format picks (JPEG at quality 95,
+    without alpha); returns the path written."""
+    path, fmt = output_format(path)
+    if fmt == 'JPEG' and img.mode == 'RGBA':
+        img = img.convert('RGB')
+    kwargs = {'quality': 95} if fmt == 'JPEG' else {}
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
+    return path
+
+
+def save_image(x: torch.Tensor, path: str, alpha: torch.Tensor = None) -> str:
+    """Save a (3, H, W) [0, 1] tensor (plus optional (1, H, W) alpha) as an 8-bit image, as
+    save_pil does; returns the path written."""
     arr = to_uint8(x)
     if alpha is not None:
         arr = np.concatenate([arr, to_uint8(alpha)], axis=2)
-    img = Image.fromarray(arr)
-    ext = os.path.splitext(path)[1].lower()
-    if ext in ('.jpg', '.jpeg') and img.mode == 'RGBA':
-        img = img.convert('RGB')
-    kwargs = {'quality': 95} if ext in ('.jpg', '.jpeg') else {}
-    fmt = Image.registered_extensions().get(ext, 'PNG')
-    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
+    return save_pil(Image.fromarray(arr), path)
 
 
 # =============================================================================================
@@ -648,7 +708,7 @@ class LPIPS:
             net = lpips.LPIPS(pretrained=False, net='alex', version='0.1', pnet_rand=True,
                               verbose=False)
         linear = os.path.join(os.path.dirname(lpips.__file__), 'weights', 'v0.1', 'alex.pth')
-        linear = torch.load(linear, map_location='cpu', weights_only=True)
+        linear = load_state_file(linear)
         net.lins.load_state_dict({k[len('lin'):]: v for k, v in linear.items()})
         if state is not None:
             # lpips keeps AlexNet's layers under their torchvision indices: slice2.3 = features.3
@@ -1057,7 +1117,7 @@ def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, ste
         stem = os.path.splitext(os.path.basename(p))[0]
         if stem in seen:  # both would write {stem}_s001.png ...
             totals['errors'].append(f'{p}: same name as {seen[stem]}, not processed')
-            print(f'error: {totals["errors"][-1]}', file=sys.stderr)
+            error(totals['errors'][-1])
         else:
             seen[stem] = p
     os.makedirs(output_dir, exist_ok=True)
@@ -1131,12 +1191,17 @@ def main(argv=None) -> int:
 
 # =============================================================================================
 # 7. Checkpoints
-# Checkpoints and weights files: every load is torch.load(weights_only=True), every save
-# atomic; a file that cannot be used raises CheckpointError (one line naming it).
+# Checkpoints and weights files: every load goes through model.load_state_file (the one
+# torch.load, weights_only=True), every save is atomic; a file that cannot be used raises
+# CheckpointError (one line naming it), CheckpointPathError when there is no file.
 # =============================================================================================
 
 class CheckpointError(Exception):
     """A weights or checkpoint file that cannot be used; str() names the file."""
+
+
+class CheckpointPathError(CheckpointError, UsageError):
+    """The weights or checkpoint path is missing or a folder: a command-line problem."""
 
 
 def save_checkpoint(state: dict, path: str) -> None:
@@ -1164,13 +1229,14 @@ def _unsafe_globals(path: str) -> list:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint or weights file safely (weights_only=True), or raise CheckpointError."""
+    """Load a checkpoint or weights file safely (weights_only=True), or raise CheckpointError
+    (CheckpointPathError when there is no file at `path`)."""
     if os.path.isdir(path):
-        raise CheckpointError(f'{path}: is a folder, not a weights or checkpoint file')
+        raise CheckpointPathError(f'{path}: is a folder, not a weights or checkpoint file')
     if not os.path.isfile(path):
-        raise CheckpointError(f'{path}: file not found')
+        raise CheckpointPathError(f'{path}: file not found')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = load_state_file(path)
     except Exception as e:
         unsafe = _unsafe_globals(path)
         if unsafe:
@@ -1303,16 +1369,16 @@ def cpu_has_bf16() -> bool:
 
 
 def autocast_dtype(amp: str, device: torch.device):
-    """The autocast dtype for --amp on `device`, or None for fp32. Raises ValueError."""
+    """The autocast dtype for --amp on `device`, or None for fp32. Raises UsageError."""
     if amp == 'off':
         return None
     if amp == 'fp16':
         if device.type != 'cuda':
-            raise ValueError('--amp fp16 needs --cuda (fp16 is slow and inaccurate on the CPU)')
+            raise UsageError('--amp fp16 needs --cuda (fp16 is slow and inaccurate on the CPU)')
         return torch.float16
     if amp == 'bf16':
         if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
-            raise ValueError('--amp bf16: this GPU does not support bfloat16')
+            raise UsageError('--amp bf16: this GPU does not support bfloat16')
         return torch.bfloat16
     if device.type == 'cuda':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
@@ -1369,7 +1435,7 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list:
 
 @torch.inference_mode()
 def tiled_forward(model, lr: torch.Tensor, scale: int, tile: int = 0,
-                  overlap: int = 16) -> torch.Tensor:
+                  overlap: int = TILE_OVERLAP) -> torch.Tensor:
     """Run `model` on a (N, 3, h, w) LR tensor, in tiles of `tile` LR pixels overlapping by
     `overlap` on each side, so peak memory is bounded by the tile size; tile=0 runs whole.
 
@@ -1448,10 +1514,18 @@ def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: in
 
 
 # =============================================================================================
-# 9. Flags
-# Numeric flags are checked by argparse itself: a bad value is one line and exit status 2,
-# before anything runs.
+# 9. Command line
+# The device --cuda asks for, and argparse types: a bad flag value is one line and exit
+# status 2 before anything runs.
 # =============================================================================================
+
+def device_for(cuda: bool) -> torch.device:
+    """The device --cuda asks for; UsageError when there is no GPU."""
+    if cuda and not torch.cuda.is_available():
+        raise UsageError('--cuda: no CUDA device is available (leave out --cuda to run on '
+                         'the CPU)')
+    return torch.device('cuda' if cuda else 'cpu')
+
 
 def number(kind: type, low: float, high: float = math.inf, low_open: bool = False,
            high_open: bool = False):

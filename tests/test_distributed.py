@@ -3,7 +3,6 @@ Lightning Fabric, with tiny networks and data. Per-rank evidence (parameter hash
 each rank drew, pids) comes from tests/ddp_probe.py, which wraps train.main.
 
 Every launch runs in its own session with a timeout; whatever is left is killed at the end."""
-import csv
 import json
 import os
 import shutil
@@ -21,8 +20,8 @@ from PIL import Image
 
 import train
 import utils
+from conftest import ROOT, history
 
-ROOT = Path(__file__).resolve().parents[1]
 PROBE = str(ROOT / 'tests' / 'ddp_probe.py')
 N_IMAGES = 8  # = batch 2 x 2 iterations x 2 ranks: one epoch is exactly one pass
 LAUNCHER_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'GROUP_RANK',
@@ -167,11 +166,6 @@ def ranks(dump: Path, world_size: int = 2) -> list:
     assert out[0]['wrote'], 'rank 0 wrote nothing'
     assert not [f for o in out[1:] for f in o['wrote']], 'ranks other than 0 wrote files'
     return out
-
-
-def history(out: Path) -> list:
-    with open(out / 'history.csv') as f:
-        return list(csv.DictReader(f))
 
 
 def check_ok(rc, stdout, stderr) -> None:

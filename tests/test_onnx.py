@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import utils
-from test_test_image import sane_generator
+from conftest import sane_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'scripts'))

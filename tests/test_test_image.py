@@ -8,51 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import test_image
 import utils
-from model import Generator
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def sane_generator(scale: int, num_blocks: int = 1, channels: int = 16, seed: int = 0):
-    """A random generator with weights scaled so that it behaves like a trained one: its
-    output is a nearest-neighbour upscale of the input plus small perturbations from every
-    layer (so the whole receptive field matters, but outputs stay in range)."""
-    torch.manual_seed(seed)
-    g = Generator(scale, num_blocks, channels)
-    with torch.no_grad():
-        for block in g.body:
-            block.conv2.weight.mul_(0.1)
-        g.body_tail[0].weight.mul_(0.1)
-        for bn in [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]:
-            bn.running_mean.uniform_(-0.05, 0.05)
-            bn.running_var.uniform_(0.8, 1.25)
-            bn.weight.uniform_(0.8, 1.2)
-            bn.bias.uniform_(-0.05, 0.05)
-        head = g.head[0]
-        head.weight[:3] = 0
-        head.bias[:3] = 0
-        for c in range(3):  # channels 0-2 carry the RGB input ...
-            head.weight[c, c, 4, 4] = 1
-        for up in g.upsample:  # ... through each sub-pixel upsampler (nearest neighbour) ...
-            up.conv.weight[:12] = 0
-            up.conv.bias[:12] = 0
-            for c in range(3):
-                up.conv.weight[4 * c:4 * c + 4, c, 1, 1] = 1
-        g.tail.weight.mul_(0.1)  # ... to the output
-        g.tail.bias.zero_()
-        for c in range(3):
-            g.tail.weight[c, :3] = 0
-            g.tail.weight[c, c, 4, 4] = 1
-    return g.eval()
-
-
-def natural(h: int, w: int, top: int = 100, left: int = 150) -> np.ndarray:
-    from skimage import data
-    return data.astronaut()[top:top + h, left:left + w]
+from conftest import ROOT, natural, run_main, sane_generator
 
 
 @pytest.fixture(scope='module')
@@ -68,9 +27,7 @@ def weights(tmp_path_factory):
 
 def run(argv: list, capsys) -> tuple:
     """test_image.main in-process: (exit code, stdout, stderr)."""
-    rc = test_image.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    return run_main(test_image.main, argv, capsys)
 
 
 def size(path) -> tuple:

@@ -13,7 +13,7 @@ from PIL import Image
 import test_image
 import test_video
 import utils
-from test_test_image import natural, sane_generator
+from conftest import natural, sane_generator
 
 SCALE = 4
 W, H = 32, 24

@@ -13,7 +13,6 @@ import sys
 import time
 import types
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,9 +22,9 @@ from PIL import Image
 import evaluate
 import train
 import utils
+from conftest import ROOT, ckpt, history, load, one_error, same_state, same_tensors
 from model import Discriminator
 
-ROOT = Path(__file__).resolve().parents[1]
 # Tiny but real: two residual blocks, 32 px crops, 3 iterations of 2 images per epoch.
 TINY = ['--num_blocks', '2', '--crop_size', '32', '--batch_size', '2', '--iters_per_epoch', '3',
         '--workers', '0', '--log_every', '1000']
@@ -63,35 +62,6 @@ def fit(data, out, *extra) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the random-VGG warning, expected here
         return train.main(argv)
-
-
-def load(path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=True)
-
-
-def ckpt(out, epoch: int) -> dict:
-    return load(Path(out) / 'checkpoints' / f'checkpoint_epoch_{epoch}.pth')
-
-
-def same_tensors(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def same_state(a, b) -> bool:
-    """Equal nested dicts / lists of tensors and plain values, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return (isinstance(b, dict) and a.keys() == b.keys()
-                and all(same_state(a[k], b[k]) for k in a))
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def history(out) -> list:
-    with open(Path(out) / 'history.csv', newline='') as f:
-        return list(csv.DictReader(f))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,15 +386,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
 # Bad input: one line, exit 1
 # ---------------------------------------------------------------------------------------------
 
-def one_line_error(capsys, rc: int) -> str:
-    """The one 'error: ' line on stderr (progress bars aside), checking the exit code 1."""
+def one_line_error(capsys, rc: int, status: int = 1) -> str:
+    """The one 'error: ' line on stderr (progress bars aside), checking the exit status."""
     err = capsys.readouterr().err
-    assert rc == 1, err
-    assert 'Traceback' not in err
-    lines = [line.strip() for line in err.replace('\r', '\n').splitlines() if line.strip()]
-    assert lines and lines[-1].startswith('error: '), err
-    assert sum('error' in line for line in lines) == 1, err
-    return lines[-1]
+    assert rc == status, err
+    return one_error(err)
 
 
 @pytest.fixture
