@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +16,9 @@ from PIL import Image
 
 import train
 import utils
-# one intra-op thread for this module too (resumes compared bit for bit), and the helpers
-from test_train import ckpt, one_thread, same_state  # noqa: F401
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, ckpt, same_state
+# one intra-op thread for this module too: the machine is shared, resumes compared bit for bit
+from test_train import one_thread  # noqa: F401
 SIZES = [(40, 50), (64, 33), (32, 32), (37, 90)]  # (H, W): any sizes, one exactly the crop
 TINY = ['--num_blocks', '2', '--crop_size', '32', '--batch_size', '2', '--iters_per_epoch', '3',
         '--workers', '0', '--log_every', '2', '--content_weight', '0']
