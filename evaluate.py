@@ -3,6 +3,8 @@
     python evaluate.py --data data/benchmarks/Set5 data/benchmarks/Set14 --upscale_factor 4 \
         --weight SRResNet=weights/srresnet_x4.pth --weight SRGAN=weights/srgan_x4.pth \
         --json results/x4.json --csv results/x4.csv
+    python evaluate.py --data data/Set14 --weight SRGAN=weights/srgan_x4.pth \
+        --weight_psnr weights/srresnet_x4.pth --strength 0 0.5 1     # rows SRGAN@0, @0.5, @1
 
 Each folder holds HR images. Per image: HR cropped to a multiple of the scale, LR = the project's
 bicubic degradation (utils.downscale), then every method upscales LR and is scored against HR
@@ -233,6 +235,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--weight', nargs='+', action='extend', default=[], metavar='NAME=PATH',
                         help='generator weights to evaluate, labelled NAME (default: file stem); '
                              'Bicubic is always evaluated')
+    parser.add_argument('--strength', nargs='+', type=utils.number(float, 0, 1), metavar='S',
+                        help='score each --weight blended with --weight_psnr at these detail '
+                             'strengths (0 = --weight_psnr, 1 = --weight), as rows NAME@S')
+    parser.add_argument('--weight_psnr', metavar='PATH',
+                        help='the SRResNet end of --strength (same scale and settings)')
     parser.add_argument('--cuda', action='store_true', help='run the generators on the GPU')
     parser.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='off',
                         help='autocast for the generators: off = exact float32 (default); auto = '
@@ -256,6 +263,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f'twice the overlap of {utils.TILE_OVERLAP} LR pixels')
     if args.cuda and not torch.cuda.is_available():
         parser.error('--cuda: no CUDA device is available')
+    if args.strength and not (args.weight_psnr and args.weight):
+        parser.error('--strength needs --weight_psnr (the SRResNet end) and --weight')
     args.weight = [parse_weight(w) for w in args.weight]
     labels = ['Bicubic', 'HR'] + [name for name, _ in args.weight]
     for name in labels:
@@ -284,11 +293,18 @@ def main(argv=None) -> int:
     methods = {'Bicubic': bicubic_method(scale)}
     for name, path in args.weight:
         try:
-            generator = utils.load_generator(path, upscale_factor=scale, device=device)
+            if args.strength:
+                generators = {f'{name}@{s:g}': utils.load_blend(args.weight_psnr, path, s,
+                                                                scale, device)
+                              for s in args.strength}
+            else:
+                generators = {name: utils.load_generator(path, upscale_factor=scale,
+                                                         device=device)}
         except utils.CheckpointError as e:
             problems.append(str(e))
             continue
-        methods[name] = generator_method(generator, scale, device, amp_dtype, args.tile)
+        for label, generator in generators.items():
+            methods[label] = generator_method(generator, scale, device, amp_dtype, args.tile)
     lpips_metric = None
     if 'lpips' in args.metrics:
         try:

@@ -29,12 +29,29 @@ class ResidualBlock(nn.Module):
         return x + self.bn2(self.conv2(y))
 
 
+def icnr_(conv: nn.Conv2d, upscale: int = 2) -> None:
+    """ICNR initialisation (Aitken et al. 2017) of a conv followed by PixelShuffle(upscale):
+    the upscale**2 output channels that form one sub-pixel group get the same kernel and bias,
+    so a fresh layer equals nearest-neighbour upsampling of a normal conv, free of the
+    checkerboard pattern a random sub-pixel init starts from."""
+    groups = upscale ** 2
+    base = torch.empty(conv.out_channels // groups, *conv.weight.shape[1:])
+    nn.init.kaiming_normal_(base, a=0.25)  # a: PReLU's initial slope
+    with torch.no_grad():
+        # PixelShuffle takes channel c * r**2 + k to sub-pixel k of output channel c
+        conv.weight.copy_(base.repeat_interleave(groups, dim=0))
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
 class UpsampleBlock(nn.Module):
-    """Sub-pixel convolution: conv to 4x channels, PixelShuffle(2), PReLU; doubles H and W."""
+    """Sub-pixel convolution: conv to 4x channels, PixelShuffle(2), PReLU; doubles H and W.
+    The conv starts ICNR-initialised (no checkerboard in a fresh generator)."""
 
     def __init__(self, channels: int = 64):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels * 4, 3, padding=1)
+        icnr_(self.conv, 2)
         self.shuffle = nn.PixelShuffle(2)
         self.prelu = nn.PReLU(channels)
 
@@ -81,24 +98,34 @@ def fuse_batchnorm(generator: Generator) -> Generator:
 
 
 class Discriminator(nn.Module):
-    """The paper's 8-conv discriminator; returns logits of shape (N, 1) for any input >= 32 px."""
+    """The paper's 8-conv discriminator; returns logits of shape (N, 1) for any input >= 32 px.
 
-    def __init__(self, channels: int = 64):
+    spectral_norm: every conv and dense layer spectrally normalised (Miyato et al. 2018) and no
+    BatchNorm (it would undo the Lipschitz bound), the usual stabiliser for GAN SR.
+    """
+
+    def __init__(self, channels: int = 64, spectral_norm: bool = False):
         super().__init__()
-        layers = [nn.Conv2d(3, channels, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        self.spectral_norm = spectral_norm
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        layers = [sn(nn.Conv2d(3, channels, 3, padding=1)), nn.LeakyReLU(0.2, inplace=True)]
         spec = [(channels, channels, 2), (channels, 2 * channels, 1),
                 (2 * channels, 2 * channels, 2), (2 * channels, 4 * channels, 1),
                 (4 * channels, 4 * channels, 2), (4 * channels, 8 * channels, 1),
                 (8 * channels, 8 * channels, 2)]
         for cin, cout, stride in spec:
-            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
+            if spectral_norm:
+                layers += [sn(nn.Conv2d(cin, cout, 3, stride=stride, padding=1)),
+                           nn.LeakyReLU(0.2, inplace=True)]
+            else:
+                layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                           nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
         self.features = nn.Sequential(*layers)
         # 96x96 input -> 6x6 feature map after four stride-2 convs, exactly the paper's head;
         # the adaptive pool lets other crop sizes use the same dense layers.
         self.pool = nn.AdaptiveAvgPool2d(6)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8 * channels * 36, 1024),
-                                        nn.LeakyReLU(0.2, inplace=True), nn.Linear(1024, 1))
+        self.classifier = nn.Sequential(nn.Flatten(), sn(nn.Linear(8 * channels * 36, 1024)),
+                                        nn.LeakyReLU(0.2, inplace=True), sn(nn.Linear(1024, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))

@@ -2,6 +2,7 @@
 
     python test_image.py --image photo.jpg --weight weights/srgan_x4.pth
     python test_image.py --image data/Set5 --weight weights/srresnet_x4.pth --downsample bicubic
+    python test_image.py --image photo.jpg --strength 0.5    # half SRResNet, half SRGAN
 
 For each input NAME it writes, under {out_dir}/{stem}/:
     sr_NAME        the super-resolved image
@@ -17,6 +18,10 @@ of bicubic and SR are printed (the same pipeline and metrics as evaluate.py).
 Inference is tiled (bounded memory; the overlap makes tiles agree with a whole-image run),
 BatchNorm is folded into the convolutions, activations are channels_last, and bf16 autocast is
 used where the hardware supports it (--amp auto).
+
+--strength S sets the amount of GAN detail without retraining (network interpolation, Wang et al.
+ESRGAN): every parameter is (1 - S) x --weight_psnr's (SRResNet) + S x --weight's (SRGAN); 0 is
+the SRResNet's fidelity, 1 the SRGAN's texture.
 """
 import argparse
 import os
@@ -31,11 +36,12 @@ from torch import nn
 from model import Generator
 from utils import MAX_MEGAPIXELS, check_pixels, number, output_problem, set_max_megapixels
 from utils import (CheckpointError, ImageError, autocast_dtype, downscale, image_metrics, imresize,
-                   inference_model, list_images, load_generator, load_image, max_tile, modcrop,
+                   inference_model, list_images, load_blend, load_generator, load_image, max_tile, modcrop,
                    pick_tile, save_image, super_resolve, TILE_OVERLAP)
 
-DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
-                              'srgan_x4.pth')
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
+DEFAULT_WEIGHT = os.path.join(WEIGHTS_DIR, 'srgan_x4.pth')
+DEFAULT_PSNR_WEIGHT = os.path.join(WEIGHTS_DIR, 'srresnet_x4.pth')
 BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, normalised
 
 
@@ -167,6 +173,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--weight', default=None,
                    help='generator weights file, or a bare generator state_dict '
                         '(default: weights/srgan_x4.pth)')
+    p.add_argument('--strength', type=number(float, 0, 1), default=None, metavar='S',
+                   help='detail strength: blend --weight_psnr (0) and --weight (1) parameter '
+                        'by parameter (default: --weight alone)')
+    p.add_argument('--weight_psnr', default=None,
+                   help='the SRResNet end of --strength, of the same scale and settings as '
+                        '--weight (default: weights/srresnet_x4.pth)')
     p.add_argument('--downsample', choices=['None', 'none', 'bicubic'], default='None',
                    help='bicubic: shrink the input first and compare against it (metrics)')
     p.add_argument('--cuda', action='store_true', help='run on the GPU')
@@ -206,7 +218,13 @@ def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
         raise CheckpointError(f'{weight}: the default weights file is not there; pass '
                               '--weight FILE with a weights file from train.py (or the '
                               "original project's generator state_dict)")
-    return load_generator(weight, args.upscale_factor, device)
+    if args.strength is None:
+        return load_generator(weight, args.upscale_factor, device)
+    psnr_weight = args.weight_psnr or DEFAULT_PSNR_WEIGHT
+    if args.weight_psnr is None and not os.path.isfile(psnr_weight):
+        raise CheckpointError(f'{psnr_weight}: the default SRResNet weights file is not there; '
+                              'pass --weight_psnr FILE for the SRResNet end of --strength')
+    return load_blend(psnr_weight, weight, args.strength, args.upscale_factor, device)
 
 
 def main(argv=None) -> int:

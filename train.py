@@ -36,7 +36,7 @@ import utils
 from model import Discriminator, FeatureExtractor, Generator
 
 HISTORY_FIELDS = ['epoch', 'loss_g', 'loss_pixel', 'loss_content', 'loss_adv', 'loss_d',
-                  'd_real', 'd_fake', 'lr_g', 'lr_d', 'psnr_y', 'ssim_y', 'seconds',
+                  'd_real', 'd_fake', 'lr_g', 'lr_d', 'psnr_y', 'ssim_y', 'niqe', 'seconds',
                   'images_per_s']
 
 
@@ -90,6 +90,21 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--pixel_weight', type=float, default=1.0)
     p.add_argument('--content_weight', type=float, default=0.006, help='VGG54 feature MSE')
     p.add_argument('--adversarial_weight', type=float, default=1e-3)
+    p.add_argument('--gan_loss', default='vanilla', choices=['vanilla', 'ragan'],
+                   help="vanilla: the paper's BCE on D's logits; ragan: relativistic average "
+                        "GAN (ESRGAN), each logit taken relative to the other side's mean")
+    p.add_argument('--spectral_norm', action='store_true',
+                   help='spectral normalisation in every D layer (and no BatchNorm in D)')
+    p.add_argument('--lr_d', type=utils.number(float, 0, low_open=True), default=None,
+                   help='discriminator learning rate (default: --lr)')
+    p.add_argument('--best_metric', default=None, choices=['psnr', 'niqe'],
+                   help='what best.pth keeps. psnr: the highest validation PSNR-Y. niqe: the '
+                        'lowest NIQE among epochs whose PSNR-Y is within --best_margin dB of '
+                        'the best PSNR-Y so far (default: psnr in generator mode, niqe in '
+                        'adversarial mode, where PSNR alone would keep the least '
+                        'adversarial epoch)')
+    p.add_argument('--best_margin', type=utils.number(float, 0), default=0.5,
+                   help='dB of PSNR-Y that --best_metric niqe may give up for naturalness')
     p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
                    help='autocast precision; auto: bf16 where the device supports it')
     p.add_argument('--ema', type=float, default=0.0,
@@ -113,6 +128,8 @@ def get_args(argv=None) -> argparse.Namespace:
         args.out_dir = os.path.join('runs', f'{args.mode}_x{args.upscale_factor}')
     if args.lr_step is None:
         args.lr_step = args.epochs // 2
+    if args.best_metric is None:
+        args.best_metric = 'niqe' if args.mode == 'adversarial' else 'psnr'
     if args.crop_size % args.upscale_factor:
         p.error(f'--crop_size {args.crop_size} is not a multiple of --upscale_factor')
     return args
@@ -427,16 +444,17 @@ def build(args, rt: Runtime) -> TrainState:
     milestones = [args.lr_step] if args.lr_step else []
     fp16 = rt.amp_dtype == torch.float16
 
-    def optimizer_side(net: nn.Module) -> tuple:
-        opt = torch.optim.Adam(net.parameters(), args.lr, betas=(0.9, 0.999),
+    def optimizer_side(net: nn.Module, lr: float) -> tuple:
+        opt = torch.optim.Adam(net.parameters(), lr, betas=(0.9, 0.999),
                                **adam_options(rt.device))
         return (opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1),
                 torch.amp.GradScaler(rt.device.type, enabled=fp16))
 
-    s = TrainState(G, *optimizer_side(G), ema=EMA(G, args.ema) if args.ema > 0 else None)
+    s = TrainState(G, *optimizer_side(G, args.lr), ema=EMA(G, args.ema) if args.ema > 0 else None)
     if args.mode == 'adversarial':
-        s.D = Discriminator().to(rt.device, memory_format=cl)
-        s.opt_d, s.sched_d, s.scaler_d = optimizer_side(s.D)
+        s.D = Discriminator(spectral_norm=args.spectral_norm).to(rt.device, memory_format=cl)
+        s.opt_d, s.sched_d, s.scaler_d = optimizer_side(s.D, args.lr if args.lr_d is None
+                                                        else args.lr_d)
         s.D_g = s.D
         if args.content_weight > 0:
             try:
@@ -557,8 +575,14 @@ def variant(args) -> str:
     if args.mode == 'generator':
         return 'SRResNet-MSE'
     if args.content_weight <= 0:
-        return 'SRGAN-MSE'
-    return 'SRGAN-VGG54' if args.vgg_weights != 'random' else 'SRGAN-randomVGG (smoke test)'
+        name = 'SRGAN-MSE'
+    else:
+        name = 'SRGAN-VGG54' if args.vgg_weights != 'random' else 'SRGAN-randomVGG (smoke test)'
+    recipe = ['RaGAN'] if args.gan_loss == 'ragan' else []
+    recipe += ['spectral-norm D'] if args.spectral_norm else []
+    recipe += [f'D lr {args.lr_d:g}'] if args.lr_d is not None else []
+    recipe += [f'EMA {args.ema:g}'] if args.ema > 0 else []
+    return f'{name} ({", ".join(recipe)})' if recipe else name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,6 +600,29 @@ def backward(rt: Runtime, loss: torch.Tensor, opt, scaler) -> None:
     scaler.update()
 
 
+def _bce(logit: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
+
+
+def d_loss(gan_loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss from D's logits on HR (`real`) and detached SR (`fake`).
+    vanilla: -log D(hr) - log(1 - D(sr)). ragan (ESRGAN): the same on the relativistic logits
+    real - mean(fake) and fake - mean(real)."""
+    if gan_loss == 'ragan':
+        real, fake = real - fake.mean(), fake - real.mean()
+    return _bce(real, 1.0) + _bce(fake, 0.0)
+
+
+def g_adversarial_loss(gan_loss: str, fake: torch.Tensor, real: torch.Tensor = None
+                       ) -> torch.Tensor:
+    """Generator's adversarial loss from D's logits on SR (`fake`, with gradient) and, for
+    ragan, on HR (`real`, a constant). vanilla: -log D(sr). ragan: the mean of both
+    relativistic terms with the labels swapped, so that its scale matches vanilla's."""
+    if gan_loss == 'ragan':
+        return (_bce(real - fake.mean(), 0.0) + _bce(fake - real.mean(), 1.0)) / 2
+    return _bce(fake, 1.0)
+
+
 def train_step(args, rt: Runtime, s: TrainState, lr_img: torch.Tensor,
                hr_img: torch.Tensor) -> dict:
     """One iteration on a batch of LR images and their HR originals; returns the losses as
@@ -590,26 +637,28 @@ def train_step(args, rt: Runtime, s: TrainState, lr_img: torch.Tensor,
         backward(rt, loss, s.opt_g, s.scaler_g)
         return {'loss_g': loss.detach(), 'loss_pixel': loss.detach()}
 
-    # (1) Discriminator: maximise log D(HR) + log(1 - D(G(LR))), on a detached SR
+    # (1) Discriminator: maximise log D(HR) + log(1 - D(G(LR))) (RaGAN: on relativistic
+    # logits), on a detached SR
     with rt.autocast():
         real_logit = s.D(hr_img).float()
         fake_logit = s.D(sr.detach()).float()
-    loss_d = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
-              + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+    loss_d = d_loss(args.gan_loss, real_logit, fake_logit)
     backward(rt, loss_d, s.opt_d, s.scaler_d)
 
-    # (2) Generator: minimise pixel MSE + content (VGG54) MSE - log D(G(LR)).
+    # (2) Generator: minimise pixel MSE + content (VGG54) MSE + adversarial (-log D(G(LR))).
     # D is frozen here (no gradient for its weights) and called outside DDP (no sync for it).
     d_net = utils.unwrap(s.D)
     d_net.requires_grad_(False)
     with rt.autocast():
         gen_logit = s.D_g(sr).float()
+        # RaGAN's G loss also needs how the updated D sees HR, as a constant
+        real_now = s.D_g(hr_img).float().detach() if args.gan_loss == 'ragan' else None
         loss_content = torch.zeros((), device=rt.device)
         if s.vgg is not None and args.content_weight > 0:
             loss_content = F.mse_loss(s.vgg(sr).float(), s.vgg(hr_img).float())
     d_net.requires_grad_(True)
     loss_pixel = F.mse_loss(sr.float(), hr_img)
-    loss_adv = F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
+    loss_adv = g_adversarial_loss(args.gan_loss, gen_logit, real_now)
     loss_g = (args.pixel_weight * loss_pixel + args.content_weight * loss_content
               + args.adversarial_weight * loss_adv)
     backward(rt, loss_g, s.opt_g, s.scaler_g)
@@ -694,7 +743,7 @@ def validate(args, rt: Runtime, s: TrainState, epoch: int, num_samples: int = 3,
     model.eval()
     dataset = utils.ValidSet(args.validset_dir, args.upscale_factor)
     out = os.path.join(args.out_dir, 'output', str(epoch))
-    psnrs, ssims = [], []
+    psnrs, ssims, niqes = [], [], []
     for i in range(len(dataset)):
         try:
             lr_img, hr_img, name = dataset[i]
@@ -706,6 +755,8 @@ def validate(args, rt: Runtime, s: TrainState, epoch: int, num_samples: int = 3,
             sr = model(x).float()[0].clamp(0, 1).cpu()
         psnrs.append(utils.psnr(sr, hr_img, args.upscale_factor))
         ssims.append(utils.ssim(sr, hr_img, args.upscale_factor))
+        if args.mode == 'adversarial' or args.best_metric == 'niqe':
+            niqes.append(validation_niqe(sr, args.upscale_factor))
         if i < num_samples:
             stem = os.path.splitext(name)[0]
             utils.save_image(sr, os.path.join(out, f'{stem}_sr.png'))
@@ -718,7 +769,46 @@ def validate(args, rt: Runtime, s: TrainState, epoch: int, num_samples: int = 3,
     if not psnrs:
         return {}
     finite = [p for p in psnrs if math.isfinite(p)] or [100.0]
-    return {'psnr_y': sum(finite) / len(finite), 'ssim_y': sum(ssims) / len(ssims)}
+    scores = {'psnr_y': sum(finite) / len(finite), 'ssim_y': sum(ssims) / len(ssims)}
+    if niqes:
+        finite = [n for n in niqes if math.isfinite(n)]
+        scores['niqe'] = sum(finite) / len(finite) if finite else math.nan
+    return scores
+
+
+def validation_niqe(sr: torch.Tensor, scale: int) -> float:
+    """NIQE of a validation output as evaluate.py scores it (border of `scale` cropped); nan
+    for an image too small for NIQE's two 96 px blocks."""
+    try:
+        return utils.niqe(sr, crop_border=scale)
+    except ValueError:
+        return math.nan
+
+
+def best_epoch(history: list, metric: str, margin: float):
+    """The epoch best.pth holds after the validated rows of `history`, decided row by row as
+    training goes (best.pth is only ever written from the epoch just validated).
+
+    psnr: the highest PSNR-Y. niqe: a validated epoch replaces the best when its PSNR-Y is
+    within `margin` dB of the highest so far and its NIQE is lower, or when the best has
+    fallen more than `margin` behind (the new epoch, which raised the highest, then takes
+    over). Without NIQE scores (nan: images too small) it is the highest PSNR-Y."""
+    def niqe(row: dict) -> float:
+        return row['niqe'] if math.isfinite(row.get('niqe', math.nan)) else math.inf
+
+    best, top = None, -math.inf
+    for row in (r for r in history if 'psnr_y' in r):
+        top = max(top, row['psnr_y'])
+        if best is None or (metric == 'psnr' and row['psnr_y'] > best['psnr_y']):
+            best = row
+        elif metric == 'niqe':
+            if best['psnr_y'] < top - margin:
+                best = row
+            elif row['psnr_y'] >= top - margin and (
+                    niqe(row) < niqe(best)
+                    or niqe(row) == niqe(best) == math.inf and row['psnr_y'] > best['psnr_y']):
+                best = row
+    return None if best is None else best['epoch']
 
 
 def write_history(args, history: list) -> None:
@@ -788,8 +878,9 @@ def run(args, rt: Runtime) -> None:
         if rt.master:
             if args.validset_dir and (epoch % args.val_every == 0 or epoch == args.epochs):
                 row.update(validate(args, rt, s, epoch, tb=tb))
-                if row.get('psnr_y', -math.inf) > best:
-                    best, is_best = row['psnr_y'], True
+                best = max(best, row.get('psnr_y', -math.inf))
+                is_best = best_epoch(history + [row], args.best_metric,
+                                     args.best_margin) == epoch
             history.append(row)
             write_history(args, history)
             save_all(args, s, epoch, history, best, is_best)

@@ -1352,6 +1352,36 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     return g.to(device).eval()
 
 
+def blend_generators(psnr_model: Generator, gan_model: Generator, strength: float) -> Generator:
+    """Network interpolation (Wang et al., ESRGAN): a generator each of whose parameters and
+    floating-point buffers (BatchNorm statistics) is (1 - strength) * psnr_model's +
+    strength * gan_model's, so 0 gives psnr_model (SRResNet) and 1 gan_model (SRGAN) exactly.
+    Integer buffers (BatchNorm's batch counter) come from the nearer end. ValueError for a
+    strength outside [0, 1] or generators of different settings."""
+    if not 0 <= strength <= 1:
+        raise ValueError(f'strength must be in [0, 1], got {strength}')
+    if psnr_model.config != gan_model.config:
+        raise ValueError(f'cannot blend generators of different settings: {psnr_model.config} '
+                         f'and {gan_model.config}')
+    blend = Generator(**psnr_model.config)
+    ends = (psnr_model.state_dict(), gan_model.state_dict())
+    blend.load_state_dict({k: torch.lerp(a, ends[1][k], strength) if a.is_floating_point()
+                           else ends[round(strength)][k] for k, a in ends[0].items()})
+    return blend.to(next(psnr_model.parameters()).device).eval()
+
+
+def load_blend(psnr_path: str, gan_path: str, strength: float, upscale_factor: int = None,
+               device='cpu') -> Generator:
+    """blend_generators of two weights files; CheckpointError (one line) when either cannot
+    be loaded or their settings differ."""
+    psnr_model = load_generator(psnr_path, upscale_factor, device)
+    gan_model = load_generator(gan_path, upscale_factor, device)
+    if psnr_model.config != gan_model.config:
+        raise CheckpointError(f'{psnr_path} and {gan_path}: cannot blend generators of '
+                              f'different settings ({psnr_model.config} and {gan_model.config})')
+    return blend_generators(psnr_model, gan_model, strength)
+
+
 # =============================================================================================
 # 8. Inference
 # Running a generator on whole images: autocast precision, the tiling policy (tile size,

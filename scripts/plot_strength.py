@@ -1,0 +1,184 @@
+"""Plot fidelity against naturalness over detail strengths: PSNR-Y and NIQE of generators
+blended from SRResNet (strength 0) to SRGAN (strength 1), with Bicubic and HR marked.
+
+    python scripts/plot_strength.py --data data/Set14 --weight_psnr weights/srresnet_x4.pth \
+        --weight weights/srgan_x4.pth --strengths 0 0.25 0.5 0.75 1 \
+        --out images/strength_tradeoff.png --json images/strength_tradeoff.json
+
+Each blend is utils.load_blend (what test_image.py --strength runs); the scores follow
+evaluate.py: HR cropped to a multiple of the scale, LR its bicubic downscale, metrics on 8-bit
+images with `scale` border pixels cropped, PSNR on Y, NIQE on Y (lower is more natural), means
+over the folder's images. --from_json redraws a saved --json without running the networks.
+Drawn with Pillow only.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import evaluate  # noqa: E402
+import utils  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def score(folder: str, psnr_weight: str, gan_weight: str, strengths: list, scale: int,
+          tile: int = 0) -> list:
+    """[{'method', 'strength', 'psnr_y', 'niqe'}] for Bicubic, HR and every strength."""
+    import torch
+    methods = {'Bicubic': evaluate.bicubic_method(scale)}
+    for s in strengths:
+        blend = utils.load_blend(psnr_weight, gan_weight, s, scale)
+        methods[f'{s:g}'] = evaluate.generator_method(blend, scale, torch.device('cpu'),
+                                                      tile=tile)
+    per = {name: {'psnr_y': [], 'niqe': []} for name in [*methods, 'HR']}
+    for path in evaluate.find_images(folder):
+        hr, lr = evaluate.load_hr_lr(path, scale)
+        per['HR']['niqe'].append(utils.niqe(hr, crop_border=scale))
+        for name, method in methods.items():
+            sr = method(lr).clamp(0, 1)
+            per[name]['psnr_y'].append(utils.psnr(sr, hr, scale))
+            per[name]['niqe'].append(utils.niqe(sr, crop_border=scale))
+        print(f'{os.path.basename(path)} done', file=sys.stderr, flush=True)
+    rows = []
+    for name, values in per.items():
+        row = {'method': name if name in ('Bicubic', 'HR') else 'blend',
+               'strength': None if name in ('Bicubic', 'HR') else float(name),
+               'niqe': statistics.fmean(values['niqe'])}
+        if values['psnr_y']:
+            row['psnr_y'] = statistics.fmean(values['psnr_y'])
+        rows.append(row)
+    return rows
+
+
+def _font(size: int):
+    try:
+        return ImageFont.truetype('DejaVuSans.ttf', size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list:
+    """About n round tick values covering [lo, hi]."""
+    raw = (hi - lo) / n
+    step = min((m * 10 ** e for e in range(-2, 3) for m in (1, 2, 5) if m * 10 ** e >= raw),
+               default=raw)
+    first = int(lo / step) * step
+    return [first + i * step for i in range(n + 3) if lo <= first + i * step <= hi]
+
+
+def draw(rows: list, title: str, path: str, size: tuple = (900, 620)) -> None:
+    """PSNR-Y (x) against NIQE (y) as a PNG: the strengths joined by a line and labelled,
+    Bicubic a square; HR (no PSNR: it is the reference) a dashed line at its NIQE."""
+    w, h = size
+    left, right, top, bottom = 90, 40, 60, 70
+    img = Image.new('RGB', size, 'white')
+    d = ImageDraw.Draw(img)
+    font, small = _font(18), _font(15)
+    blends = sorted((r for r in rows if r['method'] == 'blend'), key=lambda r: r['strength'])
+    bicubic = next(r for r in rows if r['method'] == 'Bicubic')
+    hr = next(r for r in rows if r['method'] == 'HR')
+    xs = [r['psnr_y'] for r in blends + [bicubic]]
+    ys = [r['niqe'] for r in blends + [bicubic, hr]]
+    xpad, ypad = (max(xs) - min(xs)) * 0.08 + 0.05, (max(ys) - min(ys)) * 0.08 + 0.05
+    x0, x1, y0, y1 = min(xs) - xpad, max(xs) + xpad, min(ys) - ypad, max(ys) + ypad
+
+    def px(x: float, y: float) -> tuple:
+        return (left + (x - x0) / (x1 - x0) * (w - left - right),
+                top + (y1 - y) / (y1 - y0) * (h - top - bottom))
+
+    d.rectangle([left, top, w - right, h - bottom], outline='black')
+    for t in _ticks(x0, x1):
+        x, _ = px(t, y0)
+        d.line([x, h - bottom, x, h - bottom + 6], fill='black')
+        d.text((x, h - bottom + 10), f'{t:g}', fill='black', font=small, anchor='mt')
+    for t in _ticks(y0, y1):
+        _, y = px(x0, t)
+        d.line([left - 6, y, left, y], fill='black')
+        d.text((left - 10, y), f'{t:g}', fill='black', font=small, anchor='rm')
+    d.text((w / 2, h - 20), 'PSNR-Y (dB), higher = closer to the original', fill='black',
+           font=font, anchor='mm')
+    label = 'NIQE, lower = more natural'
+    box = d.textbbox((0, 0), label, font=font)
+    text = Image.new('RGB', (box[2] + 4, box[3] + 4), 'white')
+    ImageDraw.Draw(text).text((2, 2), label, fill='black', font=font)
+    text = text.rotate(90, expand=True)
+    img.paste(text, (12, int(h / 2 - text.height / 2)))
+    d.text((w / 2, 25), title, fill='black', font=font, anchor='mm')
+
+    _, y_hr = px(x0, hr['niqe'])
+    for x in range(left, w - right, 14):
+        d.line([x, y_hr, min(x + 7, w - right), y_hr], fill=(0, 140, 0), width=2)
+    d.text((w - right - 6, y_hr - 4), f"HR (NIQE {hr['niqe']:.2f})", fill=(0, 120, 0),
+           font=small, anchor='rb')
+    points = [px(r['psnr_y'], r['niqe']) for r in blends]
+    d.line(points, fill=(40, 80, 200), width=3)
+    for r, (x, y) in zip(blends, points):
+        d.ellipse([x - 6, y - 6, x + 6, y + 6], fill=(40, 80, 200))
+        right_side = x > left + 0.8 * (w - left - right)  # keep the label inside the frame
+        d.text((x - 10 if right_side else x + 10, y - 10), f"strength {r['strength']:g}",
+               fill='black', font=small, anchor='rb' if right_side else 'lb')
+    x, y = px(bicubic['psnr_y'], bicubic['niqe'])
+    d.rectangle([x - 6, y - 6, x + 6, y + 6], fill=(200, 60, 40))
+    d.text((x + 10, y + 4), 'Bicubic', fill=(170, 40, 20), font=small, anchor='lt')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    utils.atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
+
+
+def write_json(rows: list, path: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            json.dump(rows, f, indent=2)
+            f.write('\n')
+    utils.atomic_write(path, write)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--data', default='data/Set14', help='folder of HR images')
+    p.add_argument('--weight_psnr', default=os.path.join(ROOT, 'weights', 'srresnet_x4.pth'),
+                   help='strength 0: the SRResNet weights')
+    p.add_argument('--weight', default=os.path.join(ROOT, 'weights', 'srgan_x4.pth'),
+                   help='strength 1: the SRGAN weights (same scale and settings)')
+    p.add_argument('--strengths', nargs='+', type=utils.number(float, 0, 1),
+                   default=[0, 0.25, 0.5, 0.75, 1])
+    p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8])
+    p.add_argument('--tile', type=utils.number(int, 0), default=0,
+                   help='LR tile side for the generators (0 = whole images)')
+    p.add_argument('--out', default='images/strength_tradeoff.png', help='the plot (PNG)')
+    p.add_argument('--json', help='also write the scores here')
+    p.add_argument('--from_json', help='draw these saved scores instead of computing them')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.from_json:
+            with open(args.from_json) as f:
+                rows = json.load(f)
+        else:
+            rows = score(args.data, args.weight_psnr, args.weight, args.strengths,
+                         args.upscale_factor, args.tile)
+    except (utils.ImageError, utils.CheckpointError, ValueError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    if args.json:
+        write_json(rows, args.json)
+    name = os.path.basename(os.path.normpath(args.data))
+    draw(rows, f'Detail strength on {name} x{args.upscale_factor}: SRResNet (0) to SRGAN (1)',
+         args.out)
+    for r in rows:
+        label = r['method'] if r['strength'] is None else f"strength {r['strength']:g}"
+        psnr = f"{r['psnr_y']:.2f} dB" if 'psnr_y' in r else '-'
+        print(f"{label:14} PSNR-Y {psnr:>9}  NIQE {r['niqe']:.3f}")
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
