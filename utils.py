@@ -966,26 +966,29 @@ class DeviceCrops:
         self.device = torch.device(device)
         self.scale, self.crop_size = dataset.scale, dataset.crop_size
         self.augment = dataset.augment
-        images = dataset.cache or [read_uint8(p) for p in dataset.paths]
-        for path, img in zip(dataset.paths, images):
-            if min(img.shape[-2:]) < self.crop_size:  # the header said otherwise
-                raise ImageError(f'{path}: {img.shape[-1]}x{img.shape[-2]} is smaller than the '
-                                 f'{self.crop_size}px crop')
-        sizes = [img.numel() for img in images]
-        self.buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
-        offsets = [0]
-        for img, n in zip(images, sizes):
-            self.buffer[offsets[-1]:offsets[-1] + n].copy_(img.reshape(-1))
-            offsets.append(offsets[-1] + n)
-        shape = torch.tensor([img.shape[-2:] for img in images], dtype=torch.long)
-        self.offsets = torch.tensor(offsets[:-1], device=self.device)
+        n = len(dataset)
+        images = dataset.cache if dataset.cache is not None else [dataset._read(i)
+                                                                  for i in range(n)]
+        dataset.check_broken()  # too many unusable images stop here; at least one is usable
+        # an image TrainSet could not use (None; it warned) is replaced by the next usable one,
+        # as TrainSet.__getitem__ does
+        use = [next(j % n for j in range(i, i + n) if images[j % n] is not None)
+               for i in range(n)]
+        start, total = {}, 0
+        for i in sorted(set(use)):
+            start[i], total = total, total + images[i].numel()
+        self.buffer = torch.empty(total, dtype=torch.uint8, device=self.device)
+        for i, offset in start.items():
+            self.buffer[offset:offset + images[i].numel()].copy_(images[i].reshape(-1))
+        shape = torch.tensor([images[i].shape[-2:] for i in use], dtype=torch.long)
+        self.offsets = torch.tensor([start[i] for i in use], device=self.device)
         self.heights, self.widths = shape[:, 0].to(self.device), shape[:, 1].to(self.device)
         self.generator = torch.Generator(self.device)
 
     @staticmethod
     def nbytes(dataset: TrainSet) -> int:
         """Device memory the decoded images of `dataset` take (its cache must be filled)."""
-        return sum(img.numel() for img in dataset.cache)
+        return sum(img.numel() for img in dataset.cache if img is not None)
 
     def draw(self, index: torch.Tensor) -> tuple:
         """Random (top, left, flips) for the images `index`: TrainSet's distribution (uniform

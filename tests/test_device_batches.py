@@ -126,11 +126,27 @@ def test_ranks_and_epochs_get_different_crops(crops):
     assert not (torch.equal(r0[0], r1[0]) and torch.equal(r0[1], r1[1]))
 
 
-def test_too_small_image_is_one_line_naming_it(folder, tmp_path):
-    dataset = utils.TrainSet(str(folder), 4, 32, cache=True)
-    dataset.cache[1] = dataset.cache[1][:, :20]  # the file changed after the header was read
-    with pytest.raises(utils.ImageError, match=r'1\.png: 33x20 is smaller than the 32px crop'):
-        utils.DeviceCrops(dataset, 'cpu')
+def test_an_unreadable_image_is_replaced_by_the_next_one(folder, tmp_path):
+    """As in TrainSet: an image whose header reads but whose pixels do not decode is skipped
+    with a warning, and the next image is used in its place."""
+    root = tmp_path / 'broken'
+    root.mkdir()
+    for i in (0, 2):
+        (root / f'{i}.png').write_bytes((folder / f'{i}.png').read_bytes())
+    whole = (folder / '1.png').read_bytes()
+    (root / '1.png').write_bytes(whole[:len(whole) // 2])  # truncated: header fine, data not
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        dataset = utils.TrainSet(str(root), 4, 32, cache=True)
+    assert dataset.cache[1] is None
+    assert utils.DeviceCrops.nbytes(dataset) == 3 * (40 * 50 + 32 * 32)
+    crops = utils.DeviceCrops(dataset, 'cpu')
+    assert crops.buffer.numel() == 3 * (40 * 50 + 32 * 32)
+    index = torch.tensor([1, 2])
+    zero, no_flip = torch.zeros(2, dtype=torch.long), torch.zeros(2, 3, dtype=torch.bool)
+    _, hr = crops.cut(index, zero, zero, no_flip)
+    assert torch.equal(hr[0], hr[1])
+    assert torch.equal(hr[1].mul(255).round().byte(), dataset.cache[2][:, :32, :32])
 
 
 # ---------------------------------------------------------------------------------------------
