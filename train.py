@@ -46,7 +46,7 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--trainset_dir', default='data/DIV2K_train_sub', help='training images')
     p.add_argument('--validset_dir', default=None, help='validation images (HR); none: skip')
     p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8])
-    p.add_argument('--epochs', type=int, default=100, help='training epochs')
+    p.add_argument('--epochs', type=utils.number(int, 1), default=100, help='training epochs')
     p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir")
     p.add_argument('--mode', default='generator', choices=['adversarial', 'generator'],
                    help="generator: SRResNet, pixel MSE. adversarial: SRGAN; with "
@@ -57,20 +57,20 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--dp', action='store_true', help='DataParallel over the visible GPUs')
     p.add_argument('--ddp', action='store_true', help='DistributedDataParallel (torchrun, '
                    'SLURM srun, or self-spawned with --nproc)')
-    p.add_argument('--nproc', type=int, default=None,
+    p.add_argument('--nproc', type=utils.number(int, 1), default=None,
                    help='processes to spawn for --ddp / devices for --lightning (default: the '
                         "number of GPUs; with --lightning under torchrun or srun: the launcher's "
                         'processes per node)')
     p.add_argument('--backend', default='auto', choices=['auto', 'nccl', 'gloo'],
                    help='DDP backend; auto: nccl on CUDA, gloo on CPU')
-    p.add_argument('--dist_timeout', type=float, default=300,
+    p.add_argument('--dist_timeout', type=utils.number(float, 0, low_open=True), default=300,
                    help='seconds a collective may wait for a lost rank before the job fails')
     p.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under DDP')
     p.add_argument('--lightning', action='store_true', help='train through Lightning Fabric')
     p.add_argument('--out_dir', default=None, help='default: runs/<mode>_x<scale>')
-    p.add_argument('--batch_size', type=int, default=16, help='per process under DDP')
-    p.add_argument('--crop_size', type=int, default=96, help='HR crop size')
-    p.add_argument('--workers', type=int, default=4, help='DataLoader worker processes')
+    p.add_argument('--batch_size', type=utils.number(int, 1), default=16, help='per process under DDP')
+    p.add_argument('--crop_size', type=utils.number(int, 1), default=96, help='HR crop size')
+    p.add_argument('--workers', type=utils.number(int, 0), default=4, help='DataLoader worker processes')
     p.add_argument('--cache', action='store_true',
                    help='decode all training images once and keep them in memory')
     p.add_argument('--device_batches', default='auto', choices=['auto', 'on', 'off'],
@@ -78,18 +78,18 @@ def get_args(argv=None) -> argparse.Namespace:
                         'device from images decoded once and kept there, instead of in '
                         'DataLoader workers; auto: on with --cuda --cache when the images take '
                         'at most half the free GPU memory')
-    p.add_argument('--lr', type=float, default=1e-4)
-    p.add_argument('--lr_step', type=int, default=None,
+    p.add_argument('--lr', type=utils.number(float, 0, low_open=True), default=1e-4)
+    p.add_argument('--lr_step', type=utils.number(int, 0), default=None,
                    help='divide the learning rates by 10 after this epoch '
                         '(default: half of --epochs; 0: never)')
-    p.add_argument('--num_blocks', type=int, default=16, help='generator residual blocks')
-    p.add_argument('--val_every', type=int, default=1, help='validate every N epochs')
+    p.add_argument('--num_blocks', type=utils.number(int, 1), default=16, help='generator residual blocks')
+    p.add_argument('--val_every', type=utils.number(int, 1), default=1, help='validate every N epochs')
     p.add_argument('--vgg_weights', default='imagenet',
                    help="'imagenet' (torchvision download), a local VGG19 .pth, or 'random' "
                         '(smoke tests only)')
-    p.add_argument('--pixel_weight', type=float, default=1.0)
-    p.add_argument('--content_weight', type=float, default=0.006, help='VGG54 feature MSE')
-    p.add_argument('--adversarial_weight', type=float, default=1e-3)
+    p.add_argument('--pixel_weight', type=utils.number(float, 0), default=1.0)
+    p.add_argument('--content_weight', type=utils.number(float, 0), default=0.006, help='VGG54 feature MSE')
+    p.add_argument('--adversarial_weight', type=utils.number(float, 0), default=1e-3)
     p.add_argument('--gan_loss', default='vanilla', choices=['vanilla', 'ragan'],
                    help="vanilla: the paper's BCE on D's logits; ragan: relativistic average "
                         "GAN (ESRGAN), each logit taken relative to the other side's mean")
@@ -107,21 +107,22 @@ def get_args(argv=None) -> argparse.Namespace:
                    help='dB of PSNR-Y that --best_metric niqe may give up for naturalness')
     p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
                    help='autocast precision; auto: bf16 where the device supports it')
-    p.add_argument('--ema', type=float, default=0.0,
+    p.add_argument('--ema', type=utils.number(float, 0, 1, high_open=True), default=0.0,
                    help='generator EMA decay (e.g. 0.999); 0 = off')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--iters_per_epoch', type=int, default=None,
+    p.add_argument('--seed', type=utils.number(int, 0), default=0)
+    p.add_argument('--iters_per_epoch', type=utils.number(int, 1), default=None,
                    help='iterations per epoch (default: one pass over the data)')
-    p.add_argument('--keep', type=int, default=3, help='old checkpoints kept')
+    p.add_argument('--keep', type=utils.number(int, 0), default=3,
+                   help='old checkpoints kept (0: all)')
     p.add_argument('--compile', action='store_true', help='torch.compile the networks')
     p.add_argument('--compile_mode', default='default',
                    choices=['default', 'reduce-overhead', 'max-autotune'],
                    help='torch.compile mode; reduce-overhead replays CUDA graphs on CUDA')
     p.add_argument('--tensorboard', action='store_true', help='also log to TensorBoard')
-    p.add_argument('--log_every', type=int, default=10,
+    p.add_argument('--log_every', type=utils.number(int, 1), default=10,
                    help='iterations between progress-bar updates and NaN checks (each shows '
                         'the previous one, so the host never waits for the device)')
-    p.add_argument('--time_limit', type=float, default=0,
+    p.add_argument('--time_limit', type=utils.number(float, 0), default=0,
                    help='minutes; stop cleanly after the epoch in which this passes (0: none)')
     args = p.parse_args(argv)
     if args.out_dir is None:
@@ -137,6 +138,27 @@ def get_args(argv=None) -> argparse.Namespace:
 
 class TrainingError(Exception):
     """A problem to report in one line and stop on (bad files, NaN loss, bad flags)."""
+
+
+class SetupError(TrainingError):
+    """A bad path or flag found before training starts (exit status 2). Under DDP only rank 0
+    carries the message; the other ranks stop with an empty one."""
+
+
+def setup_problem(args) -> str:
+    """The first problem with the input folders, --pretrain or --out_dir, or '': checked
+    before anything is built, so that no epoch is lost to a typo."""
+    if not os.path.isdir(args.trainset_dir):
+        return f'{args.trainset_dir}: training folder not found'
+    if args.validset_dir:
+        try:
+            utils.ValidSet(args.validset_dir, args.upscale_factor)
+        except (utils.ImageError, ValueError) as e:  # a missing, empty or non-folder path
+            return str(e)
+    if args.pretrain and not os.path.isfile(args.pretrain):
+        what = 'is a folder, not a weights file' if os.path.isdir(args.pretrain) else 'not found'
+        return f'--pretrain {args.pretrain}: {what}'
+    return utils.output_problem(args.out_dir, folder=True) or ''
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +235,17 @@ class Runtime:
     def log(self, *msg):
         if self.master:
             print(*msg, flush=True)
+
+
+def check_setup(args, rt: Runtime) -> None:
+    """setup_problem on rank 0, its verdict sent to every rank: all stop, or none."""
+    problem = setup_problem(args) if rt.master else ''
+    if rt.distributed:
+        verdict = [problem]
+        dist.broadcast_object_list(verdict, src=0)
+        problem = verdict[0]
+    if problem:
+        raise SetupError(problem if rt.master else '')
 
 
 def init_distributed(args, rank: int, world_size: int, local_rank: int) -> Runtime:
@@ -500,26 +533,40 @@ def checkpoint_path(args, epoch: int) -> str:
     return os.path.join(args.out_dir, 'checkpoints', f'checkpoint_epoch_{epoch}.pth')
 
 
-def find_checkpoint(args) -> str:
+def load_resume_checkpoint(args, rt: Runtime) -> tuple:
+    """(path, state) of the checkpoint --resume names, or (None, None) to start fresh.
+
+    --resume N loads epoch N or stops. --resume latest takes the newest checkpoint that loads,
+    saying which newer ones it skipped (a truncated file, say), and starts fresh, saying so,
+    when there is none: a run killed before its first checkpoint can be requeued as it is."""
     folder = os.path.join(args.out_dir, 'checkpoints')
     if str(args.resume) != 'latest':
         if not str(args.resume).isdigit():
-            raise TrainingError(f"--resume takes an epoch number or 'latest', got {args.resume}")
+            raise SetupError(f"--resume takes an epoch number or 'latest', got {args.resume}")
         path = checkpoint_path(args, int(args.resume))
         if not os.path.isfile(path):
             raise TrainingError(f'{path}: no checkpoint for epoch {args.resume}')
-        return path
+        try:
+            return path, utils.load_checkpoint(path)
+        except utils.CheckpointError as e:
+            raise TrainingError(str(e)) from None
     epochs = sorted(int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
                     if (m := re.fullmatch(r'checkpoint_epoch_(\d+)\.pth', f)))
-    if not epochs:
-        raise TrainingError(f'{folder}: no checkpoint to resume from')
-    return checkpoint_path(args, epochs[-1])
+    for epoch in reversed(epochs):
+        path = checkpoint_path(args, epoch)
+        try:
+            return path, utils.load_checkpoint(path)
+        except utils.CheckpointError as e:
+            rt.log(f'warning: --resume latest skipped {e}')
+    rt.log(f'--resume latest: no checkpoint that loads in {folder}; starting fresh')
+    return None, None
 
 
 def state_of(s: TrainState, epoch: int, args, history: list, best: float) -> dict:
     """The checkpoint: the training state plus the run's progress and RNG state."""
     state = {'epoch': epoch, 'args': vars(args), 'history': history, 'best_psnr': best,
-             'rng': {'torch': torch.get_rng_state()}, **s.state_dict()}
+             'rng': {'torch': torch.get_rng_state()}, 'num_threads': torch.get_num_threads(),
+             **s.state_dict()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['rng']['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -532,9 +579,13 @@ def restore(s: TrainState, state: dict, path: str) -> None:
         if 'cuda' in state['rng'] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state['rng']['cuda'])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise TrainingError(f'{path}: checkpoint does not match this run '
-                            f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})'
-                            ) from None
+        nets = [('generator', s.G, state.get('generator')),
+                ('discriminator', s.D, state.get('discriminator'))]
+        mismatch = next((f'{name}: {diff}' for name, net, sd in nets
+                         if net is not None and isinstance(sd, dict)
+                         and (diff := utils.state_dict_mismatch(utils.unwrap(net), sd))),
+                        f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}')
+        raise TrainingError(f'{path}: checkpoint does not match this run ({mismatch})') from None
 
 
 def prune(folder: str, pattern: str, keep: int) -> None:
@@ -835,21 +886,49 @@ def open_tensorboard(args, rt: Runtime):
     return SummaryWriter(os.path.join(args.out_dir, 'tensorboard'))
 
 
+def warn_thread_change(rt: Runtime, state: dict, path: str) -> None:
+    """On the CPU, results depend on the number of intra-op threads: say when a resume runs
+    with another count than the checkpoint's (it goes on, exact in everything else)."""
+    saved, now = state.get('num_threads'), torch.get_num_threads()
+    if rt.device.type == 'cpu' and saved is not None and saved != now:
+        rt.log(f'warning: {path} was written by a process with {saved} CPU threads, this one '
+               f'has {now}: training goes on, but not bit for bit as without the stop '
+               f'(set OMP_NUM_THREADS={saved} for that)')
+
+
+def check_broken_images(rt: Runtime, dataset) -> None:
+    """Stop every rank in one line once one of them met more undecodable training images
+    than TrainSet tolerates (each was skipped with a warning when met)."""
+    try:
+        dataset.check_broken()
+        problem = ''
+    except utils.ImageError as e:
+        problem = str(e)
+    if rt.distributed:
+        problems = [None] * rt.world_size
+        dist.all_gather_object(problems, problem)
+        problem = next((p for p in problems if p), '')
+    if problem:
+        raise TrainingError(problem if rt.master else '')
+
+
 def run(args, rt: Runtime) -> None:
     """The whole training run in this process (one of several under DDP)."""
+    check_setup(args, rt)
     dataset, sampler, iters = make_train_data(args, rt)
     crops = device_crops(args, rt, dataset)
     s = build(args, rt)
     start, history, best = 1, [], -math.inf
-    if args.resume is not None:
-        path = find_checkpoint(args)
-        try:
-            state = utils.load_checkpoint(path)
-        except utils.CheckpointError as e:
-            raise TrainingError(str(e)) from None
+    path, state = load_resume_checkpoint(args, rt) if args.resume is not None else (None, None)
+    if state is not None:
         restore(s, state, path)
         start, history, best = state['epoch'] + 1, state['history'], state['best_psnr']
         rt.log(f'resumed from {path} (epoch {state["epoch"]})')
+        if start > args.epochs:
+            rt.log(f'nothing to train: {path} is at epoch {state["epoch"]} and --epochs is '
+                   f'{args.epochs}; raise --epochs to train further')
+            return
+        warn_thread_change(rt, state, path)
     wrap(args, rt, s)
     if rt.master:
         os.makedirs(args.out_dir, exist_ok=True)
@@ -882,8 +961,11 @@ def run(args, rt: Runtime) -> None:
                 is_best = best_epoch(history + [row], args.best_metric,
                                      args.best_margin) == epoch
             history.append(row)
-            write_history(args, history)
-            save_all(args, s, epoch, history, best, is_best)
+            try:
+                save_all(args, s, epoch, history, best, is_best)
+                write_history(args, history)  # after the checkpoint: never an unsaved epoch
+            except OSError as e:
+                raise TrainingError(utils.write_failure(e.filename or args.out_dir, e)) from None
             if tb is not None:
                 for k, v in row.items():
                     if k != 'epoch':
@@ -892,6 +974,7 @@ def run(args, rt: Runtime) -> None:
                 f'{k} {v:.4g}' for k, v in row.items() if k != 'epoch'))
         if rt.distributed:
             dist.barrier()  # nobody runs ahead of the checkpoint
+        check_broken_images(rt, dataset)
         if args.time_limit and time.time() - t_start > 60 * args.time_limit:
             rt.log(f'time limit of {args.time_limit} min reached after epoch {epoch}; '
                    f'continue with --resume latest')
@@ -937,7 +1020,7 @@ def worker(local_rank: int, args, world_size: int, port: int) -> None:
         run_process(args, local_rank, world_size, local_rank)
     except (TrainingError, utils.ImageError, utils.CheckpointError) as e:
         # one line here; the parent then stops the other processes and exits non-zero
-        print(f'error: {e}', file=sys.stderr)
+        report(e)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -955,6 +1038,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def report(e: Exception) -> None:
+    """One line on stderr; nothing for the empty message of a rank that was told to stop. An
+    error raised in a DataLoader worker arrives as its whole traceback: its last line is kept."""
+    lines = str(e).strip().splitlines()
+    if len(lines) > 1:
+        lines = [re.sub(r'^[\w.]+Error: ', '', lines[-1])]
+    if lines:
+        print(f'error: {lines[0]}', file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -975,6 +1068,9 @@ def main(argv=None) -> int:
                 if nproc < 1:
                     raise TrainingError('--ddp on the CPU needs --nproc N (or launch it with '
                                         'torchrun / srun)')
+                problem = setup_problem(args)  # here, before any process starts
+                if problem:
+                    raise SetupError(problem)
                 import torch.multiprocessing as mp
                 try:
                     mp.spawn(worker, args=(args, nproc, free_port()), nprocs=nproc)
@@ -983,8 +1079,8 @@ def main(argv=None) -> int:
         else:
             run(args, Runtime(args))
     except (TrainingError, utils.ImageError, utils.CheckpointError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+        report(e)
+        return 2 if isinstance(e, SetupError) else 1
     except KeyboardInterrupt:
         print('interrupted; resume with --resume latest', file=sys.stderr)
         return 130

@@ -151,9 +151,11 @@ def check_pixels(path: str, max_megapixels: float, scale: int = 1) -> tuple:
 
 
 def set_max_megapixels(max_megapixels: float) -> None:
-    """Match Pillow's decompression-bomb limit to --max_megapixels, so that Pillow neither
-    warns about nor refuses an image that check_pixels let through."""
-    Image.MAX_IMAGE_PIXELS = max(int(max_megapixels * 1e6), 1)
+    """Raise Pillow's decompression-bomb limit to --max_megapixels where it is lower, so that
+    Pillow neither warns about nor refuses an image that check_pixels let through. Never
+    lowered: check_pixels is what refuses, and the limit is process-wide."""
+    if Image.MAX_IMAGE_PIXELS is not None:
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, int(max_megapixels * 1e6))
 
 
 def open_image(path: str) -> Image.Image:

@@ -109,7 +109,8 @@ def test_run_writes_checkpoints_weights_history_and_samples(runs):
                                                      'checkpoint_epoch_4.pth']
     assert sorted(os.listdir(a / 'weights')) == ['G_epoch_3.pth', 'G_epoch_4.pth', 'best.pth']
     state = ckpt(a, 4)
-    expected = {'epoch', 'args', 'history', 'best_psnr', 'config', 'generator', 'rng', 'opt_g',
+    expected = {'epoch', 'args', 'history', 'best_psnr', 'config', 'generator', 'rng',
+                'num_threads', 'opt_g',
                 'sched_g', 'scaler_g'}
     if adversarial:
         expected |= {'discriminator', 'opt_d', 'sched_d', 'scaler_d'}
@@ -401,21 +402,22 @@ def pretrained(tmp_path):
     return path
 
 
+# (flags, message, exit status: 2 for a path found wrong before training starts); --resume
+# latest skips a corrupt checkpoint and starts fresh when none loads: tests/test_faults.py
 BAD = {
-    'missing trainset': (['--trainset_dir', '{tmp}/nowhere'], 'training folder not found'),
-    'empty trainset': (['--trainset_dir', '{tmp}/empty'], 'no images'),
-    'missing pretrain': (['--pretrain', '{tmp}/nope.pth'], 'file not found'),
-    'pretrain blocks': (['--pretrain', '{tmp}/g1.pth'], '--num_blocks'),
-    'no checkpoint': (['--resume', 'latest'], 'no checkpoint to resume from'),
-    'no such epoch': (['--resume', '7'], 'no checkpoint for epoch 7'),
-    'corrupt checkpoint': (['--resume', 'latest'], 'not a PyTorch weights file, or corrupt or truncated'),
-    'fp16 on cpu': (['--amp', 'fp16'], '--amp fp16 needs --cuda'),
+    'missing trainset': (['--trainset_dir', '{tmp}/nowhere'], 'training folder not found', 2),
+    'empty trainset': (['--trainset_dir', '{tmp}/empty'], 'no images', 1),
+    'missing pretrain': (['--pretrain', '{tmp}/nope.pth'], 'not found', 2),
+    'pretrain blocks': (['--pretrain', '{tmp}/g1.pth'], '--num_blocks', 1),
+    'no such epoch': (['--resume', '7'], 'no checkpoint for epoch 7', 1),
+    'corrupt checkpoint': (['--resume', '1'], 'not a PyTorch weights file, or corrupt or truncated', 1),
+    'fp16 on cpu': (['--amp', 'fp16'], '--amp fp16 needs --cuda', 1),
 }
 
 
 @pytest.mark.parametrize('case', list(BAD))
 def test_bad_input_gives_one_line(case, data, tmp_path, pretrained, capsys):
-    flags, message = BAD[case]
+    flags, message, status = BAD[case]
     (tmp_path / 'empty').mkdir()
     if case == 'corrupt checkpoint':
         (tmp_path / 'run' / 'checkpoints').mkdir(parents=True)
@@ -423,13 +425,13 @@ def test_bad_input_gives_one_line(case, data, tmp_path, pretrained, capsys):
             os.urandom(300))
     flags = [f.replace('{tmp}', str(tmp_path)) for f in flags]
     rc = fit(data, tmp_path / 'run', '--epochs', '1', *flags)
-    assert message in one_line_error(capsys, rc)
+    assert message in one_line_error(capsys, rc, status)
 
 
 def test_missing_default_trainset(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc = train.main(['--out_dir', str(tmp_path / 'run'), '--epochs', '1'])
-    assert 'data/DIV2K_train_sub: training folder not found' in one_line_error(capsys, rc)
+    assert 'data/DIV2K_train_sub: training folder not found' in one_line_error(capsys, rc, 2)
 
 
 def test_imagenet_vgg_offline_fails_fast(data, tmp_path, monkeypatch, capsys):
