@@ -68,9 +68,11 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under DDP')
     p.add_argument('--lightning', action='store_true', help='train through Lightning Fabric')
     p.add_argument('--out_dir', default=None, help='default: runs/<mode>_x<scale>')
-    p.add_argument('--batch_size', type=utils.number(int, 1), default=16, help='per process under DDP')
+    p.add_argument('--batch_size', type=utils.number(int, 1), default=16,
+                   help='per process under DDP')
     p.add_argument('--crop_size', type=utils.number(int, 1), default=96, help='HR crop size')
-    p.add_argument('--workers', type=utils.number(int, 0), default=4, help='DataLoader worker processes')
+    p.add_argument('--workers', type=utils.number(int, 0), default=4,
+                   help='DataLoader worker processes')
     p.add_argument('--cache', action='store_true',
                    help='decode all training images once and keep them in memory')
     p.add_argument('--device_batches', default='auto', choices=['auto', 'on', 'off'],
@@ -82,13 +84,16 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--lr_step', type=utils.number(int, 0), default=None,
                    help='divide the learning rates by 10 after this epoch '
                         '(default: half of --epochs; 0: never)')
-    p.add_argument('--num_blocks', type=utils.number(int, 1), default=16, help='generator residual blocks')
-    p.add_argument('--val_every', type=utils.number(int, 1), default=1, help='validate every N epochs')
+    p.add_argument('--num_blocks', type=utils.number(int, 1), default=16,
+                   help='generator residual blocks')
+    p.add_argument('--val_every', type=utils.number(int, 1), default=1,
+                   help='validate every N epochs')
     p.add_argument('--vgg_weights', default='imagenet',
                    help="'imagenet' (torchvision download), a local VGG19 .pth, or 'random' "
                         '(smoke tests only)')
     p.add_argument('--pixel_weight', type=utils.number(float, 0), default=1.0)
-    p.add_argument('--content_weight', type=utils.number(float, 0), default=0.006, help='VGG54 feature MSE')
+    p.add_argument('--content_weight', type=utils.number(float, 0), default=0.006,
+                   help='VGG54 feature MSE')
     p.add_argument('--adversarial_weight', type=utils.number(float, 0), default=1e-3)
     p.add_argument('--gan_loss', default='vanilla', choices=['vanilla', 'ragan'],
                    help="vanilla: the paper's BCE on D's logits; ragan: relativistic average "
