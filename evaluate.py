@@ -26,7 +26,7 @@ import json
 import os
 import statistics
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -41,11 +41,6 @@ METRICS = [('psnr_y', 'PSNR-Y', '.2f'), ('ssim_y', 'SSIM-Y', '.4f'),
 METRIC_COLUMNS = {'psnr': ('psnr_y', 'psnr_ycbcr'), 'ssim': ('ssim_y', 'ssim_ycbcr'),
                   'niqe': ('niqe',), 'lpips': ('lpips',)}
 DEFAULT_METRICS = ('psnr', 'ssim', 'niqe')
-SSIM_WINDOW = 11
-
-# A method upscales a (3, h, w) LR tensor in [0, 1] to (3, h*s, w*s); the output need not
-# be clamped, the metrics clamp and round.
-Method = Callable[[torch.Tensor], torch.Tensor]
 
 
 def parse_weight(spec: str) -> tuple:
@@ -54,18 +49,6 @@ def parse_weight(spec: str) -> tuple:
     if sep and name and os.sep not in name:
         return name, path
     return os.path.splitext(os.path.basename(spec))[0], spec
-
-
-def bicubic_method(scale: int) -> Method:
-    return lambda lr: utils.imresize(lr, scale)
-
-
-def generator_method(generator: torch.nn.Module, scale: int, device: torch.device,
-                     amp_dtype: Optional[torch.dtype] = None, tile: int = 0) -> Method:
-    """A method running `generator` as test_image.py does (BatchNorm fused, channels_last,
-    optional autocast), optionally in tiles of `tile` LR pixels (0 = whole image)."""
-    model = utils.inference_model(generator, device)
-    return lambda lr: utils.super_resolve(model, lr, scale, tile, utils.TILE_OVERLAP, amp_dtype)
 
 
 def parse_metrics(text: str) -> tuple:
@@ -96,29 +79,8 @@ def metric_functions(metrics: tuple, lpips_metric: utils.LPIPS = None) -> dict:
 
 def find_images(folder: str) -> list:
     """The image files directly in `folder` (not in sub-folders, which often hold LR copies),
-    or ImageError."""
-    if not os.path.isdir(folder):
-        raise utils.ImageError(f'{folder}: folder not found')
-    paths = utils.list_images(folder, recursive=False)
-    if not paths:
-        raise utils.ImageError(f'{folder}: no images ({", ".join(utils.IMAGE_EXTENSIONS)}) '
-                               'in this folder')
-    return paths
-
-
-def load_hr_lr(path: str, scale: int, max_megapixels: float = utils.MAX_MEGAPIXELS) -> tuple:
-    """(hr, lr) as (3, H, W) tensors: HR modcropped, LR its bicubic downscale. Raises ImageError
-    for unreadable images, ones over max_megapixels (from the header, before decoding) and
-    ones too small to score."""
-    utils.check_pixels(path, max_megapixels)
-    hr, _ = utils.load_image(path)
-    hr = utils.modcrop(hr, scale)
-    smallest = 2 * scale + SSIM_WINDOW  # the SSIM window must fit once the border is cropped
-    if min(hr.shape[-2:]) < smallest:
-        raise utils.ImageError(f'{path}: {hr.shape[-1]}x{hr.shape[-2]} after cropping to a '
-                               f'multiple of {scale} is too small to score (needs at least '
-                               f'{smallest}x{smallest})')
-    return hr, utils.downscale(hr, scale)
+    or UsageError."""
+    return utils.find_images(folder, recursive=False)
 
 
 def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
@@ -137,7 +99,7 @@ def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
     rows, errors = [], []
     for path in tqdm(paths, desc=dataset, unit='img', disable=not progress, file=sys.stderr):
         try:
-            hr, lr = load_hr_lr(path, scale, max_megapixels)
+            hr, lr = utils.load_hr_lr(path, scale, max_megapixels)
         except utils.ImageError as e:
             errors.append(str(e))
             tqdm.write(f'error: {e}', file=sys.stderr)
@@ -261,8 +223,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if 0 < args.tile <= 2 * utils.TILE_OVERLAP:
         parser.error(f'--tile: must be 0 (whole images) or more than {2 * utils.TILE_OVERLAP}, '
                      f'twice the overlap of {utils.TILE_OVERLAP} LR pixels')
-    if args.cuda and not torch.cuda.is_available():
-        parser.error('--cuda: no CUDA device is available')
     if args.strength and not (args.weight_psnr and args.weight):
         parser.error('--strength needs --weight_psnr (the SRResNet end) and --weight')
     args.weight = [parse_weight(w) for w in args.weight]
@@ -276,21 +236,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device('cuda' if args.cuda else 'cpu')
     try:
+        device = utils.device_for(args.cuda)
         amp_dtype = utils.autocast_dtype(args.amp, device)
-    except ValueError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+    except utils.UsageError as e:
+        return utils.fail(e)
     # without autocast, cuDNN would still run convolutions in TF32; keep evaluation exact
     torch.backends.cudnn.allow_tf32 = amp_dtype is not None
     scale = args.upscale_factor
 
     utils.set_max_megapixels(args.max_megapixels)
     # Check every weights file, folder and output before the long part, so a typo fails at once.
-    problems = [f'{flag} {problem}' for flag, path in (('--json', args.json), ('--csv', args.csv))
+    problems = [utils.UsageError(f'{flag} {problem}')
+                for flag, path in (('--json', args.json), ('--csv', args.csv))
                 if path and (problem := utils.output_problem(path))]
-    methods = {'Bicubic': bicubic_method(scale)}
+    methods = {'Bicubic': utils.bicubic_method(scale)}
     for name, path in args.weight:
         try:
             if args.strength:
@@ -301,26 +261,25 @@ def main(argv=None) -> int:
                 generators = {name: utils.load_generator(path, upscale_factor=scale,
                                                          device=device)}
         except utils.CheckpointError as e:
-            problems.append(str(e))
+            problems.append(e)
             continue
         for label, generator in generators.items():
-            methods[label] = generator_method(generator, scale, device, amp_dtype, args.tile)
+            methods[label] = utils.generator_method(generator, scale, device, amp_dtype,
+                                                    args.tile)
     lpips_metric = None
     if 'lpips' in args.metrics:
         try:
             lpips_metric = utils.LPIPS(device)
-        except utils.LPIPSError as e:
-            problems.append(f'--metrics lpips: {e}')
+        except utils.LPIPSError as e:  # a package or download this machine lacks
+            problems.append(utils.UsageError(f'--metrics lpips: {e}'))
     folders = []
     for folder in args.data:
         try:
             folders.append((folder, find_images(folder)))
-        except utils.ImageError as e:
-            problems.append(str(e))
-    for problem in problems:
-        print(f'error: {problem}', file=sys.stderr)
+        except utils.UsageError as e:
+            problems.append(e)
     if problems:
-        return 2
+        return utils.fail(*problems)
 
     rows, skipped = [], []
     for folder, paths in folders:
@@ -337,9 +296,9 @@ def main(argv=None) -> int:
             if path:
                 write(data, path)
         except OSError as e:  # checked before the work, yet the disk filled up: the table stays
-            print(f'error: {utils.write_failure(path, e)}', file=sys.stderr)
+            utils.error(utils.write_failure(path, e))
             failed = True
-    return 1 if failed else 0
+    return utils.EXIT_FAILED if failed else 0
 
 
 if __name__ == '__main__':

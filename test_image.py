@@ -30,14 +30,15 @@ import time
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torch import nn
 
 from model import Generator
-from utils import MAX_MEGAPIXELS, check_pixels, number, output_problem, set_max_megapixels
-from utils import (CheckpointError, ImageError, autocast_dtype, downscale, image_metrics, imresize,
-                   inference_model, list_images, load_blend, load_generator, load_image, max_tile, modcrop,
-                   pick_tile, save_image, super_resolve, TILE_OVERLAP)
+from utils import (EXIT_FAILED, MAX_MEGAPIXELS, CheckpointError, CheckpointPathError, ImageError,
+                   UsageError, add_inference_flags, check_pixels, downscale, error, fail,
+                   find_images, image_metrics, imresize, inference_model, inference_setup,
+                   load_blend, load_generator, load_image, max_tile, modcrop, number,
+                   output_format, output_problem, pick_tile, save_image, set_max_megapixels,
+                   super_resolve, TILE_OVERLAP)
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 DEFAULT_WEIGHT = os.path.join(WEIGHTS_DIR, 'srgan_x4.pth')
@@ -59,18 +60,6 @@ class Options:
     dtype: torch.dtype = None  # autocast dtype, None for fp32
 
 
-def read_image(path: str) -> tuple:
-    """utils.load_image, with every failure (also the rarer exceptions Pillow raises on
-    corrupt files) as an ImageError naming the file."""
-    try:
-        return load_image(path)
-    except ImageError:
-        raise
-    except Exception as e:
-        detail = (str(e).strip().splitlines() or [''])[0]
-        raise ImageError(f'{path}: unreadable image ({type(e).__name__}: {detail})') from None
-
-
 def is_grayscale(rgb: torch.Tensor) -> bool:
     return torch.equal(rgb[0], rgb[1]) and torch.equal(rgb[0], rgb[2])
 
@@ -83,11 +72,7 @@ def to_grayscale(rgb: torch.Tensor) -> torch.Tensor:
 
 def output_name(prefix: str, name: str) -> str:
     """prefix + name, with a .png extension when Pillow cannot write name's format."""
-    stem, ext = os.path.splitext(name)
-    fmt = Image.registered_extensions().get(ext.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        ext = '.png'
-    return f'{prefix}{stem}{ext}'
+    return output_format(prefix + name)[0]
 
 
 def process_image(path: str, model: nn.Module, opts: Options) -> dict:
@@ -95,7 +80,7 @@ def process_image(path: str, model: nn.Module, opts: Options) -> dict:
 
     Raises ImageError (one line naming the file) for input that cannot be used."""
     s = opts.scale
-    rgb, alpha = read_image(path)
+    rgb, alpha = load_image(path)
     gray = is_grayscale(rgb)
     hr = hr_alpha = None
     if opts.downsample:
@@ -181,15 +166,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '--weight (default: weights/srresnet_x4.pth)')
     p.add_argument('--downsample', choices=['None', 'none', 'bicubic'], default='None',
                    help='bicubic: shrink the input first and compare against it (metrics)')
-    p.add_argument('--cuda', action='store_true', help='run on the GPU')
-    p.add_argument('--out_dir', default='results', help='output folder (default: results)')
-    p.add_argument('--tile', type=int, default=None,
-                   help='tile side in LR pixels; 0 = whole image (default: from the image '
-                        'size and the device memory)')
-    p.add_argument('--tile_overlap', type=int, default=TILE_OVERLAP,
-                   help=f'LR pixels shared by neighbouring tiles (default {TILE_OVERLAP})')
-    p.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='auto',
-                   help='autocast: auto = bf16 where the GPU/CPU supports it, else fp32')
+    add_inference_flags(p, 'image')
     p.add_argument('--max_megapixels', type=number(float, 0, low_open=True),
                    default=MAX_MEGAPIXELS,
                    help='refuse inputs whose output would be larger (checked from the file '
@@ -197,18 +174,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def error(msg: str) -> None:
-    print(f'error: {msg}', file=sys.stderr, flush=True)
-
-
 def input_files(image: str) -> list:
     """The files to process: `image` itself, or the images directly inside that folder."""
     if os.path.isdir(image):
-        paths = list_images(image, recursive=False)
-        if not paths:
-            raise ImageError(f'{image}: no images (png, jpg, jpeg, bmp, webp, tif) in this '
-                             'folder')
-        return paths
+        return find_images(image, recursive=False)
     return [image]  # a missing or bad file is reported by process_image
 
 
@@ -222,35 +191,23 @@ def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
         return load_generator(weight, args.upscale_factor, device)
     psnr_weight = args.weight_psnr or DEFAULT_PSNR_WEIGHT
     if args.weight_psnr is None and not os.path.isfile(psnr_weight):
-        raise CheckpointError(f'{psnr_weight}: the default SRResNet weights file is not there; '
-                              'pass --weight_psnr FILE for the SRResNet end of --strength')
+        raise CheckpointPathError(f'{psnr_weight}: the default SRResNet weights file is not '
+                                  'there; pass --weight_psnr FILE for the SRResNet end of '
+                                  '--strength')
     return load_blend(psnr_weight, weight, args.strength, args.upscale_factor, device)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.cuda and not torch.cuda.is_available():
-        error('--cuda: no CUDA device is available (leave out --cuda to run on the CPU)')
-        return 2
-    device = torch.device('cuda' if args.cuda else 'cpu')
-    if args.tile is not None and args.tile != 0 and args.tile <= 2 * args.tile_overlap:
-        error(f'--tile {args.tile} must be 0 or larger than twice --tile_overlap '
-              f'({args.tile_overlap})')
-        return 2
-    if args.tile_overlap < 0:
-        error('--tile_overlap must not be negative')
-        return 2
-    try:
-        dtype = autocast_dtype(args.amp, device)
+    try:  # everything that can be checked before the work (README.md, "Conventions")
+        device, dtype = inference_setup(args)
         paths = input_files(args.image)
         generator = load_model(args, device)
+        problem = output_problem(args.out_dir, folder=True)
+        if problem:
+            raise UsageError(f'--out_dir {problem}')
     except (ValueError, ImageError, CheckpointError) as e:
-        error(str(e))
-        return 1
-    problem = output_problem(args.out_dir, folder=True)
-    if problem:
-        error(f'--out_dir {problem}')
-        return 2
+        return fail(e)
     cfg = generator.config
     # every input is checked from its header (size included) before anything is decoded
     set_max_megapixels(args.max_megapixels)
@@ -264,7 +221,7 @@ def main(argv=None) -> int:
             error(str(e))
             failed.append(path)
     if not checked:
-        return 1
+        return EXIT_FAILED
     model = inference_model(generator, device)
     opts = Options(scale=cfg['upscale_factor'], out_dir=args.out_dir,
                    downsample=args.downsample == 'bicubic', tile=args.tile,
@@ -297,7 +254,7 @@ def main(argv=None) -> int:
             print(f"  {'bicubic' if method == 'bicubic' else 'SR':8} {format_metrics(mean)}")
     if failed:
         error(f'{len(failed)} of {len(paths)} image(s) failed')
-        return 1
+        return EXIT_FAILED
     return 0
 
 

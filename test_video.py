@@ -21,7 +21,6 @@ The output is written under a temporary name in the same folder and renamed at t
 interrupted run never leaves a half-written file under the final name.
 """
 import argparse
-import math
 import os
 import sys
 import time
@@ -33,9 +32,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import (CheckpointError, MIN_INPUT_SIDE, TILE_OVERLAP, atomic_write, autocast_dtype,
-                   imresize, inference_model, load_generator, max_tile, mirror_pad, pick_tile,
-                   tiled_forward, to_uint8)
+from utils import (EXIT_FAILED, EXIT_INTERRUPTED, MIN_INPUT_SIDE, TILE_OVERLAP, CheckpointError,
+                   CheckpointPathError, UsageError, add_inference_flags, atomic_write, error,
+                   fail, imresize, inference_model, inference_setup, load_generator, max_tile,
+                   mirror_pad, pick_tile, tiled_forward, to_uint8)
 
 DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
                               'srgan_x4.pth')
@@ -375,8 +375,8 @@ def report(result: dict) -> None:
     tiles = f", tiles of {result['tile']}" if result['tile'] else ''
     audio = f"{result['audio']} audio stream(s) copied" if result['audio'] else 'no audio'
     print(f"{os.path.basename(result['path'])}: {w}x{h} -> {ow}x{oh}, {n} frames in "
-          f"{wall:.1f} s, {n / max(wall, 1e-9):.2f} frames/s (the network alone "
-          f"{n / max(net, 1e-9):.2f}; {result['batch']} frame(s) per pass{tiles}), {audio}",
+          f"{wall:.1f} s, {n / max(wall, 1e-9):.3g} frames/s (the network alone "
+          f"{n / max(net, 1e-9):.3g}; {result['batch']} frame(s) per pass{tiles}), {audio}",
           flush=True)
     print('  -> ' + ', '.join(result['outputs']), flush=True)
 
@@ -410,15 +410,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--weight', default=None,
                    help='generator weights file, or a bare generator state_dict '
                         '(default: weights/srgan_x4.pth)')
-    p.add_argument('--cuda', action='store_true', help='run on the GPU')
-    p.add_argument('--out_dir', default='results', help='output folder (default: results)')
-    p.add_argument('--tile', type=int, default=None,
-                   help='tile side in LR pixels; 0 = whole frame (default: from the frame '
-                        'size and the device memory)')
-    p.add_argument('--tile_overlap', type=int, default=TILE_OVERLAP,
-                   help=f'LR pixels shared by neighbouring tiles (default {TILE_OVERLAP})')
-    p.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='auto',
-                   help='autocast: auto = bf16 where the GPU/CPU supports it, else fp32')
+    add_inference_flags(p, 'frame')
     p.add_argument('--compare', action='store_true',
                    help='also write compare_NAME.mp4: bicubic | SR side by side')
     p.add_argument('--frames', default=None, metavar='A:B',
@@ -432,38 +424,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def error(msg: str) -> None:
-    print(f'error: {msg}', file=sys.stderr, flush=True)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.cuda and not torch.cuda.is_available():
-        error('--cuda: no CUDA device is available (leave out --cuda to run on the CPU)')
-        return 2
-    device = torch.device('cuda' if args.cuda else 'cpu')
-    if args.tile is not None and args.tile != 0 and args.tile <= 2 * args.tile_overlap:
-        error(f'--tile {args.tile} must be 0 or larger than twice --tile_overlap '
-              f'({args.tile_overlap})')
-        return 2
-    if args.tile_overlap < 0:
-        error('--tile_overlap must not be negative')
-        return 2
-    try:
-        start, stop = parse_frames(args.frames) if args.frames else (0, None)
-    except ValueError as e:
-        error(str(e))
-        return 2
-    try:
-        dtype = autocast_dtype(args.amp, device)
+    try:  # everything that can be checked before the work (README.md, "Conventions")
+        device, dtype = inference_setup(args)
+        try:
+            start, stop = parse_frames(args.frames) if args.frames else (0, None)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         weight = args.weight or DEFAULT_WEIGHT
         if args.weight is None and not os.path.isfile(weight):
-            raise CheckpointError(f'{weight}: the default weights file is not there; pass '
-                                  '--weight FILE with a weights file from train.py')
+            raise CheckpointPathError(f'{weight}: the default weights file is not there; pass '
+                                      '--weight FILE with a weights file from train.py')
         generator = load_generator(weight, args.upscale_factor, device)
-    except (ValueError, CheckpointError) as e:
-        error(str(e))
-        return 1
+    except (UsageError, CheckpointError) as e:
+        return fail(e)
     model = inference_model(generator, device)
     cfg = generator.config
     opts = Options(scale=cfg['upscale_factor'], out_dir=args.out_dir, tile=args.tile,
@@ -475,14 +450,13 @@ def main(argv=None) -> int:
     try:
         result = process_video(args.video, model, opts)
     except VideoError as e:
-        error(str(e))
-        return 1
+        return fail(e)
     except torch.OutOfMemoryError:
         error(f'{args.video}: out of memory; try a smaller --tile')
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         error(f'{args.video}: interrupted; no output written')
-        return 130
+        return EXIT_INTERRUPTED
     report(result)
     return 0
 

@@ -145,9 +145,10 @@ class TrainingError(Exception):
     """A problem to report in one line and stop on (bad files, NaN loss, bad flags)."""
 
 
-class SetupError(TrainingError):
-    """A bad path or flag found before training starts (exit status 2). Under DDP only rank 0
-    carries the message; the other ranks stop with an empty one."""
+class SetupError(TrainingError, utils.UsageError):
+    """A bad path or flag found before training starts (exit status 2, README.md
+    "Conventions"). Under DDP only rank 0 carries the message; the other ranks stop with an
+    empty one."""
 
 
 def setup_problem(args) -> str:
@@ -169,14 +170,6 @@ def setup_problem(args) -> str:
 # ---------------------------------------------------------------------------------------------
 # Devices, processes and precision
 # ---------------------------------------------------------------------------------------------
-
-def resolve_amp(amp: str, device: torch.device):
-    """The autocast dtype for --amp (None = fp32); utils.autocast_dtype decides."""
-    try:
-        return utils.autocast_dtype(amp, device)
-    except ValueError as e:
-        raise TrainingError(str(e)) from None
-
 
 def first_slurm_host(nodelist: str) -> str:
     """First host of a SLURM nodelist such as 'gpu[03-05,9],cpu1' -> 'gpu03'."""
@@ -221,14 +214,12 @@ class Runtime:
         self.fabric = fabric
         if fabric is not None:
             self.device = fabric.device
-        elif args.cuda:
-            if not torch.cuda.is_available():
-                raise TrainingError('--cuda given but no CUDA device is available')
+        elif utils.device_for(args.cuda).type == 'cuda':
             self.device = torch.device('cuda', local_rank)
             torch.cuda.set_device(self.device)
         else:
             self.device = torch.device('cpu')
-        self.amp_dtype = resolve_amp(args.amp, self.device)
+        self.amp_dtype = utils.autocast_dtype(args.amp, self.device)
 
     def autocast(self):
         if self.fabric is not None:  # Fabric's precision plugin (the same dtype, from --amp)
@@ -498,7 +489,10 @@ def build(args, rt: Runtime) -> TrainState:
             try:
                 s.vgg = FeatureExtractor(args.vgg_weights).to(rt.device, memory_format=cl)
             except RuntimeError as e:
-                raise TrainingError(str(e)) from None
+                # weights that cannot be had here (offline, no such file): the command cannot
+                # run as given; a file that is not VGG19 weights: a failed input
+                missing = args.vgg_weights == 'imagenet' or not os.path.isfile(args.vgg_weights)
+                raise (SetupError if missing else TrainingError)(str(e)) from None
     return s
 
 
@@ -550,7 +544,7 @@ def load_resume_checkpoint(args, rt: Runtime) -> tuple:
             raise SetupError(f"--resume takes an epoch number or 'latest', got {args.resume}")
         path = checkpoint_path(args, int(args.resume))
         if not os.path.isfile(path):
-            raise TrainingError(f'{path}: no checkpoint for epoch {args.resume}')
+            raise SetupError(f'{path}: no checkpoint for epoch {args.resume}')
         try:
             return path, utils.load_checkpoint(path)
         except utils.CheckpointError as e:
@@ -993,10 +987,10 @@ def run_lightning(args) -> None:
     try:
         import lightning
     except ImportError:
-        raise TrainingError('--lightning needs the lightning package: '
-                            'python -m pip install lightning') from None
-    device = torch.device('cuda' if args.cuda else 'cpu')
-    dtype = resolve_amp(args.amp, device)
+        raise SetupError('--lightning needs the lightning package: '
+                         'python -m pip install lightning') from None
+    device = utils.device_for(args.cuda)
+    dtype = utils.autocast_dtype(args.amp, device)
     precision = {None: '32-true', torch.bfloat16: 'bf16-mixed', torch.float16: '16-mixed'}[dtype]
     # Fabric wants processes per node and nodes; under torchrun or srun they say them
     env, per_node, num_nodes = os.environ, None, 1
@@ -1023,12 +1017,11 @@ def worker(local_rank: int, args, world_size: int, port: int) -> None:
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     try:
         run_process(args, local_rank, world_size, local_rank)
-    except (TrainingError, utils.ImageError, utils.CheckpointError) as e:
+    except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
         # one line here; the parent then stops the other processes and exits non-zero
-        report(e)
-        sys.exit(1)
+        sys.exit(report(e))
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(utils.EXIT_INTERRUPTED)
 
 
 def run_process(args, rank: int, world_size: int, local_rank: int) -> None:
@@ -1045,23 +1038,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def report(e: Exception) -> None:
-    """One line on stderr; nothing for the empty message of a rank that was told to stop. An
-    error raised in a DataLoader worker arrives as its whole traceback: its last line is kept."""
+def report(e: Exception) -> int:
+    """One line on stderr (utils.error); nothing for the empty message of a rank that was told
+    to stop. An error raised in a DataLoader worker arrives as its whole traceback: its last
+    line is kept. Returns the exit status (README.md, "Conventions")."""
     lines = str(e).strip().splitlines()
     if len(lines) > 1:
         lines = [re.sub(r'^[\w.]+Error: ', '', lines[-1])]
     if lines:
-        print(f'error: {lines[0]}', file=sys.stderr)
+        utils.error(lines[0])
+    return utils.EXIT_USAGE if isinstance(e, utils.UsageError) else utils.EXIT_FAILED
 
 
 def main(argv=None) -> int:
     args = get_args(argv)
     try:
         if args.dp + args.ddp + args.lightning > 1:
-            raise TrainingError('choose one of --dp, --ddp and --lightning')
+            raise SetupError('choose one of --dp, --ddp and --lightning')
         if args.sync_bn and not args.cuda and (args.ddp or args.lightning):
-            raise TrainingError('--sync_bn needs --cuda (SyncBatchNorm has no CPU implementation)')
+            raise SetupError('--sync_bn needs --cuda (SyncBatchNorm has no CPU implementation)')
         if args.lightning:
             run_lightning(args)
         elif args.ddp:
@@ -1071,8 +1066,8 @@ def main(argv=None) -> int:
             else:
                 nproc = args.nproc or (torch.cuda.device_count() if args.cuda else 0)
                 if nproc < 1:
-                    raise TrainingError('--ddp on the CPU needs --nproc N (or launch it with '
-                                        'torchrun / srun)')
+                    raise SetupError('--ddp on the CPU needs --nproc N (or launch it with '
+                                     'torchrun / srun)')
                 problem = setup_problem(args)  # here, before any process starts
                 if problem:
                     raise SetupError(problem)
@@ -1083,12 +1078,11 @@ def main(argv=None) -> int:
                     raise TrainingError(f'DDP {e}; the other processes were stopped') from None
         else:
             run(args, Runtime(args))
-    except (TrainingError, utils.ImageError, utils.CheckpointError) as e:
-        report(e)
-        return 2 if isinstance(e, SetupError) else 1
+    except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
+        return report(e)
     except KeyboardInterrupt:
         print('interrupted; resume with --resume latest', file=sys.stderr)
-        return 130
+        return utils.EXIT_INTERRUPTED
     return 0
 
 

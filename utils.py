@@ -11,7 +11,8 @@
     6. Preparation    cutting training images into sub-images; this file's command line
     7. Checkpoints    safe loading, atomic saving, weights files, load_generator
     8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve
-    9. Command line   the device --cuda asks for, argparse types for bounded numbers
+    9. Command line   the inference scripts' flags, the device --cuda asks for, argparse
+                      types for bounded numbers
 
 Conventions (README.md, "Conventions"): tensors are RGB float32 in [0, 1], CHW or NCHW;
 metrics are computed on 8-bit images with BT.601 (MATLAB) YCbCr.
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -53,6 +55,7 @@ from model import Generator, fuse_batchnorm, load_state_file
 
 EXIT_FAILED = 1  # the work failed: unusable file contents, a failed write, a NaN loss ...
 EXIT_USAGE = 2   # the command cannot run as given; argparse exits with 2 for bad flags too
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process that SIGINT ended
 
 
 class UsageError(ValueError):
@@ -506,10 +509,13 @@ def _ssim_channel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(ssim_map.mean())
 
 
+SSIM_WINDOW = 11  # the side of SSIM's Gaussian window: the smallest image SSIM can score
+
+
 def ssim(img1, img2, crop_border: int = 0, y_channel: bool = True) -> float:
     """SSIM (Wang et al. 2004) on the 0-255 scale; the mean over channels for YCbCr."""
     a, b = _prepare(img1, img2, crop_border, y_channel)
-    if min(a.shape[:2]) < 11:
+    if min(a.shape[:2]) < SSIM_WINDOW:
         raise ValueError(f'SSIM needs images of at least 11x11 after cropping, got {a.shape[:2]}')
     a, b = torch.from_numpy(a), torch.from_numpy(b)
     return float(np.mean([_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[-1])]))
@@ -519,6 +525,7 @@ def image_metrics(sr, hr, scale: int) -> dict:
     """PSNR/SSIM on Y and on YCbCr, border of `scale` pixels cropped."""
     return {'psnr_y': psnr(sr, hr, scale, True), 'ssim_y': ssim(sr, hr, scale, True),
             'psnr_ycbcr': psnr(sr, hr, scale, False), 'ssim_ycbcr': ssim(sr, hr, scale, False)}
+
 
 # NIQE (Mittal, Soundararajan and Bovik, "Making a 'completely blind' image quality analyzer",
 # 2013): no reference, lower is better. 36 natural-scene features per 96x96 block (18 at full
@@ -804,14 +811,10 @@ class TrainSet(torch.utils.data.Dataset):
     def __init__(self, root: str, upscale_factor: int = 4, crop_size: int = 96,
                  augment: bool = True, cache: bool = False):
         if crop_size % upscale_factor:
-            raise ValueError(f'crop_size {crop_size} is not a multiple of the scale '
+            raise UsageError(f'crop_size {crop_size} is not a multiple of the scale '
                              f'{upscale_factor}')
-        if not os.path.isdir(root):
-            raise ImageError(f'{root}: training folder not found')
+        paths = find_images(root, 'training folder')
         self.scale, self.crop_size, self.augment = upscale_factor, crop_size, augment
-        paths = list_images(root)
-        if not paths:
-            raise ImageError(f'{root}: no images (png, jpg, jpeg, bmp, webp) in this folder')
         self.paths, small, broken = [], [], []
         for p in paths:
             try:
@@ -897,24 +900,35 @@ class TrainSet(torch.utils.data.Dataset):
         return downscale(hr, self.scale), hr
 
 
+def load_hr_lr(path: str, scale: int, max_megapixels: float = MAX_MEGAPIXELS) -> tuple:
+    """(hr, lr) as (3, H, W) tensors: HR modcropped, LR its bicubic downscale, as validation
+    and evaluation score them. Raises ImageError for unreadable images, ones over
+    max_megapixels (from the header, before decoding) and ones too small to score."""
+    check_pixels(path, max_megapixels)
+    hr, _ = load_image(path)
+    hr = modcrop(hr, scale)
+    smallest = 2 * scale + SSIM_WINDOW  # the SSIM window must fit once the border is cropped
+    if min(hr.shape[-2:]) < smallest:
+        raise ImageError(f'{path}: {hr.shape[-1]}x{hr.shape[-2]} after cropping to a '
+                         f'multiple of {scale} is too small to score (needs at least '
+                         f'{smallest}x{smallest})')
+    return hr, downscale(hr, scale)
+
+
 class ValidSet(torch.utils.data.Dataset):
-    """Whole images: dataset[i] -> (lr, hr, name); hr modcropped, lr = downscale(hr)."""
+    """Whole images: dataset[i] -> (lr, hr, name), as load_hr_lr makes them (ImageError for an
+    image that cannot be scored)."""
 
     def __init__(self, root: str, upscale_factor: int = 4):
-        if not os.path.isdir(root):
-            raise ImageError(f'{root}: validation folder not found')
-        self.paths = list_images(root)
-        if not self.paths:
-            raise ImageError(f'{root}: no images in this folder')
+        self.paths = find_images(root, 'validation folder')
         self.scale = upscale_factor
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple:
-        hr, _ = load_image(self.paths[i])
-        hr = modcrop(hr, self.scale)
-        return downscale(hr, self.scale), hr, os.path.basename(self.paths[i])
+        hr, lr = load_hr_lr(self.paths[i], self.scale)
+        return lr, hr, os.path.basename(self.paths[i])
 
 
 def seed_worker(worker_id: int) -> None:
@@ -1548,10 +1562,27 @@ def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: in
     return sr.float().cpu()
 
 
+# A method upscales a (3, h, w) LR tensor in [0, 1] to (3, h*s, w*s); the output need not
+# be clamped, the metrics clamp and round.
+Method = Callable[[torch.Tensor], torch.Tensor]
+
+
+def bicubic_method(scale: int) -> Method:
+    return lambda lr: imresize(lr, scale)
+
+
+def generator_method(generator: torch.nn.Module, scale: int, device: torch.device,
+                     amp_dtype: Optional[torch.dtype] = None, tile: int = 0) -> Method:
+    """A method running `generator` as test_image.py does (BatchNorm fused, channels_last,
+    optional autocast), optionally in tiles of `tile` LR pixels (0 = whole image)."""
+    model = inference_model(generator, device)
+    return lambda lr: super_resolve(model, lr, scale, tile, TILE_OVERLAP, amp_dtype)
+
+
 # =============================================================================================
 # 9. Command line
-# The device --cuda asks for, and argparse types: a bad flag value is one line and exit
-# status 2 before anything runs.
+# The flags the inference scripts share, the device --cuda asks for, and argparse types: a bad
+# flag value is one line and exit status 2 before anything runs.
 # =============================================================================================
 
 def device_for(cuda: bool) -> torch.device:
@@ -1560,6 +1591,32 @@ def device_for(cuda: bool) -> torch.device:
         raise UsageError('--cuda: no CUDA device is available (leave out --cuda to run on '
                          'the CPU)')
     return torch.device('cuda' if cuda else 'cpu')
+
+
+def add_inference_flags(p: argparse.ArgumentParser, what: str = 'image') -> None:
+    """--cuda, --out_dir, --tile, --tile_overlap and --amp, for the scripts that run a generator
+    on pictures (`what`: the picture's name in the help)."""
+    p.add_argument('--cuda', action='store_true', help='run on the GPU')
+    p.add_argument('--out_dir', default='results', help='output folder (default: results)')
+    p.add_argument('--tile', type=int, default=None,
+                   help=f'tile side in LR pixels; 0 = whole {what} (default: from the {what} '
+                        'size and the device memory)')
+    p.add_argument('--tile_overlap', type=int, default=TILE_OVERLAP,
+                   help=f'LR pixels shared by neighbouring tiles (default {TILE_OVERLAP})')
+    p.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='auto',
+                   help='autocast: auto = bf16 where the GPU/CPU supports it, else fp32')
+
+
+def inference_setup(args: argparse.Namespace) -> tuple:
+    """(device, autocast dtype) from add_inference_flags' flags; UsageError for flags that do
+    not fit together or that this machine cannot honour."""
+    if args.tile is not None and args.tile != 0 and args.tile <= 2 * args.tile_overlap:
+        raise UsageError(f'--tile {args.tile} must be 0 or larger than twice --tile_overlap '
+                         f'({args.tile_overlap})')
+    if args.tile_overlap < 0:
+        raise UsageError('--tile_overlap must not be negative')
+    device = device_for(args.cuda)
+    return device, autocast_dtype(args.amp, device)
 
 
 def number(kind: type, low: float, high: float = math.inf, low_open: bool = False,

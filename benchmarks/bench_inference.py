@@ -80,17 +80,23 @@ def project_tile(size: int, dtype) -> int:
     return utils.pick_tile(size, size, largest, utils.TILE_OVERLAP)
 
 
-def peak_rss() -> int:
-    """Bytes: this process's peak resident set. Linux's VmHWM, which starts afresh at exec;
-    getrusage's ru_maxrss (the fallback) keeps the parent's peak from before the fork."""
+def proc_bytes(path: str, key: str) -> int:
+    """A '<key>: N kB' entry of a /proc file, in bytes; 0 where there is none."""
     try:
-        with open('/proc/self/status') as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith('VmHWM:'):
+                if line.startswith(key + ':'):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return 0
+
+
+def peak_rss() -> int:
+    """Bytes: this process's peak resident set. Linux's VmHWM, which starts afresh at exec;
+    getrusage's ru_maxrss (the fallback) keeps the parent's peak from before the fork."""
+    return (proc_bytes('/proc/self/status', 'VmHWM')
+            or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # KiB on Linux
 
 
 def child(size: int, weight: str, repeat: int, with_a: bool, out_dir: str) -> dict:
@@ -159,17 +165,6 @@ def baseline_peak_bytes(size: int) -> int:
     return 2 * 64 * out * out * 4 + (1 << 30)
 
 
-def mem_available() -> int:
-    try:
-        with open('/proc/meminfo') as f:
-            for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def row(size: int, name: str, r: dict, flops: float) -> str:
     sec, mp = r['seconds'], (size * SCALE) ** 2 / 1e6
     return (f"{size:>4}x{size:<4}  {name:<36} {sec:8.2f} {mp / sec:9.2f} "
@@ -214,7 +209,7 @@ def main(argv=None) -> int:
         for size in args.sizes:
             hr8 = utils.to_uint8(hr_mosaic(size * SCALE))
             name_a = '(a) fp32 NCHW unfused, whole image'
-            room = min(16 << 30, mem_available() - (2 << 30))
+            room = min(16 << 30, proc_bytes('/proc/meminfo', 'MemAvailable') - (2 << 30))
             with_a = baseline_peak_bytes(size) <= room
             runs = measure(size, with_a, args, tmp)
             a, b = runs.get('a'), runs['b']

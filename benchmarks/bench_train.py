@@ -169,6 +169,10 @@ def main(argv=None) -> int:
     p.add_argument('--peak_tflops', type=float, default=None,
                    help='peak dense bf16 TFLOP/s (default: 989 for H100/H200; none on the CPU)')
     a = p.parse_args(argv)
+    try:
+        utils.device_for(a.cuda)
+    except utils.UsageError as e:
+        p.error(str(e))
     steps = a.steps or (30 if a.cuda else 4)
     warmup = a.warmup if a.warmup is not None else (10 if a.cuda else 2)
     sizes = [int(b) for b in (a.batch_sizes or ('16,64' if a.cuda else '16')).split(',')]

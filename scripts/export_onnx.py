@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils import CheckpointError, atomic_write, inference_model, load_generator  # noqa: E402
+from utils import (EXIT_FAILED, CheckpointError, UsageError, atomic_write,  # noqa: E402
+                   error, fail, inference_model, load_generator, output_problem, write_failure)
 
 FP32_TOLERANCE = 1e-4
 # fp16 keeps 11 significant bits, so every layer rounds its output by up to 2^-11 of its size
@@ -129,14 +130,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    problem = output_problem(args.output)  # before the export (README.md, "Conventions")
+    if problem:
+        return fail(UsageError(f'--output {problem}'))
     try:
         r = export(args.weight, args.output, args.opset, args.fp16)
     except (CheckpointError, ExportError) as e:
-        print(f'error: {e}', file=sys.stderr, flush=True)
-        return 1
+        return fail(e)
     except OSError as e:
-        print(f'error: {args.output}: cannot write ({e})', file=sys.stderr, flush=True)
-        return 1
+        error(write_failure(args.output, e))
+        return EXIT_FAILED
     cfg = r['config']
     tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
     print(f"{args.output}: x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks), "

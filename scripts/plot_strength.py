@@ -20,7 +20,6 @@ import sys
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import evaluate  # noqa: E402
 import utils  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,14 +29,13 @@ def score(folder: str, psnr_weight: str, gan_weight: str, strengths: list, scale
           tile: int = 0) -> list:
     """[{'method', 'strength', 'psnr_y', 'niqe'}] for Bicubic, HR and every strength."""
     import torch
-    methods = {'Bicubic': evaluate.bicubic_method(scale)}
+    methods = {'Bicubic': utils.bicubic_method(scale)}
     for s in strengths:
         blend = utils.load_blend(psnr_weight, gan_weight, s, scale)
-        methods[f'{s:g}'] = evaluate.generator_method(blend, scale, torch.device('cpu'),
-                                                      tile=tile)
+        methods[f'{s:g}'] = utils.generator_method(blend, scale, torch.device('cpu'), tile=tile)
     per = {name: {'psnr_y': [], 'niqe': []} for name in [*methods, 'HR']}
-    for path in evaluate.find_images(folder):
-        hr, lr = evaluate.load_hr_lr(path, scale)
+    for path in utils.find_images(folder, recursive=False):
+        hr, lr = utils.load_hr_lr(path, scale)
         per['HR']['niqe'].append(utils.niqe(hr, crop_border=scale))
         for name, method in methods.items():
             sr = method(lr).clamp(0, 1)

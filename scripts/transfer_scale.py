@@ -135,23 +135,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+    try:  # what can be checked before the work (README.md, "Conventions")
+        problem = utils.output_problem(args.output)
+        if problem:
+            raise utils.UsageError(f'--output {problem}')
         source = utils.load_generator(args.weight)
-    except utils.CheckpointError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    except (utils.UsageError, utils.CheckpointError) as e:
+        return utils.fail(e)
     torch.manual_seed(args.seed)
     target = transfer(source, args.upscale_factor)
     from_scale = source.upscale_factor
-    note = (f'transferred from the x{from_scale} generator {os.path.basename(args.weight)} by '
-            f'scripts/transfer_scale.py; ')
+    history = utils.load_checkpoint(args.weight).get('variant')  # keep the file's provenance
+    note = (f'transferred from the x{from_scale} generator {os.path.basename(args.weight)}'
+            f"{f' ({history})' if isinstance(history, str) else ''} by "
+            'scripts/transfer_scale.py; ')
     if args.adapt_dir:
         try:
-            dataset = utils.TrainSet(args.adapt_dir, args.upscale_factor, args.crop_size,
-                                     cache=True)
-        except (utils.ImageError, ValueError) as e:
-            print(f'error: --adapt_dir {e}', file=sys.stderr)
-            return 2
+            dataset = utils.TrainSet(args.adapt_dir, args.upscale_factor, args.crop_size)
+        except (utils.UsageError, utils.ImageError) as e:
+            return utils.fail(e)
         done = adapt(target, dataset, args.patches, args.iters, args.batch_size, args.lr,
                      args.time_limit)
         note += (f"upsample blocks and tail fitted {done['steps']} steps (batch "
@@ -162,11 +164,11 @@ def main(argv=None) -> int:
     try:
         utils.save_weights(target, args.output, mode='generator', variant=note, epoch=0)
     except OSError as e:
-        print(f'error: {args.output}: cannot write ({e.strerror or e})', file=sys.stderr)
-        return 2
-    print(f'{args.output}: x{args.upscale_factor} generator from x{from_scale} '
-          f'{args.weight}; {len(target.upsample)} upsample blocks, '
-          f'{max(0, len(target.upsample) - len(source.upsample))} new (ICNR)')
+        utils.error(utils.write_failure(args.output, e))
+        return utils.EXIT_FAILED
+    new = max(0, len(target.upsample) - len(source.upsample))
+    print(f'{args.output}: x{args.upscale_factor} generator from x{from_scale} {args.weight}; '
+          f'{len(target.upsample)} upsample blocks, {new} new (ICNR)')
     return 0
 
 

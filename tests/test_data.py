@@ -266,11 +266,12 @@ def test_small_images_left_out_with_one_warning_counting_them(tmp_path):
 
 
 def test_missing_empty_and_all_small_folders_are_clear_errors(tmp_path):
-    with pytest.raises(ImageError, match='missing: training folder not found'):
+    # a folder missing or empty is a command-line problem (exit status 2 in train.py)
+    with pytest.raises(utils.UsageError, match='missing: training folder not found'):
         utils.TrainSet(str(tmp_path / 'missing'))
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
-    with pytest.raises(ImageError, match='no images'):
+    with pytest.raises(utils.UsageError, match='no images'):
         utils.TrainSet(str(tmp_path / 'empty'))
     with pytest.raises(ImageError, match='no usable image'), pytest.warns(UserWarning):
         utils.TrainSet(image_folder(tmp_path / 'small', [(10, 10)]), 4, crop_size=24)

@@ -241,7 +241,7 @@ def test_bad_distributed_flags_give_one_line_errors(monkeypatch, capsys, tmp_pat
                                                     message):
     monkeypatch.setattr(os, 'environ', clean_env())
     assert train.main(flags + ['--trainset_dir', str(tmp_path / 'none'),
-                               '--out_dir', str(tmp_path / 'run')]) == 1
+                               '--out_dir', str(tmp_path / 'run')]) == 2  # bad flags
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and message in err and '\n' not in err
     assert not (tmp_path / 'run').exists()
@@ -249,7 +249,7 @@ def test_bad_distributed_flags_give_one_line_errors(monkeypatch, capsys, tmp_pat
 
 def test_lightning_missing_gives_one_line_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, 'lightning', None)  # import lightning -> ImportError
-    assert train.main(['--lightning', '--out_dir', str(tmp_path / 'run')]) == 1
+    assert train.main(['--lightning', '--out_dir', str(tmp_path / 'run')]) == 2  # no package
     err = capsys.readouterr().err.strip()
     assert err == 'error: --lightning needs the lightning package: python -m pip install lightning'
 

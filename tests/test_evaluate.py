@@ -111,7 +111,7 @@ def test_table_json_and_csv(folder, weights, tmp_path, capsys):
         for r in mine:
             # and each CSV row is what the pipeline gives when done by hand (the generator
             # unfused, so only rounding of a few pixels may differ)
-            hr, lr = evaluate.load_hr_lr(str(folder / r['image']), 4)
+            hr, lr = utils.load_hr_lr(str(folder / r['image']), 4)
             if s['method'] == 'HR':
                 assert float(r['niqe']) == utils.niqe(hr, 4)
                 continue
@@ -144,10 +144,10 @@ def test_duplicate_labels_are_refused(folder, weights, label, capsys):
 
 def test_bf16_stays_close_to_float32(folder, weights):
     generator = utils.load_generator(str(weights), 4)
-    _, lr = evaluate.load_hr_lr(str(folder / 'a.png'), 4)
+    _, lr = utils.load_hr_lr(str(folder / 'a.png'), 4)
     cpu = torch.device('cpu')
-    exact = evaluate.generator_method(generator, 4, cpu)(lr)
-    bf16 = evaluate.generator_method(generator, 4, cpu, torch.bfloat16)(lr)
+    exact = utils.generator_method(generator, 4, cpu)(lr)
+    bf16 = utils.generator_method(generator, 4, cpu, torch.bfloat16)(lr)
     assert bf16.dtype == torch.float32 and bf16.shape == exact.shape == (3, 104, 200)
     assert 0 < (bf16 - exact).abs().max() < 0.05
 
@@ -156,8 +156,8 @@ def test_tiles_give_the_whole_image_result():
     generator = Generator(4, num_blocks=1, channels=8).eval()
     lr = torch.rand(3, 60, 57)  # tiles of 52 starting at 0 and 8 (rows), 0 and 5 (columns)
     cpu = torch.device('cpu')
-    whole = evaluate.generator_method(generator, 4, cpu)(lr)
-    tiled = evaluate.generator_method(generator, 4, cpu, tile=52)(lr)
+    whole = utils.generator_method(generator, 4, cpu)(lr)
+    tiled = utils.generator_method(generator, 4, cpu, tile=52)(lr)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
 
 
@@ -208,7 +208,7 @@ def test_broken_image_is_skipped_and_reported(folder, tmp_path, capsys):
 
 def test_too_small_image_is_skipped(folder, capsys):
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(folder / 'small.png')
-    rows, errors = evaluate.evaluate_folder(str(folder), {'Bicubic': evaluate.bicubic_method(4)},
+    rows, errors = evaluate.evaluate_folder(str(folder), {'Bicubic': utils.bicubic_method(4)},
                                             4, progress=False)
     assert len(rows) == 6 and len(errors) == 1 and 'small.png' in errors[0]  # Bicubic and HR
     assert 'too small' in capsys.readouterr().err
@@ -268,7 +268,7 @@ def test_lpips_column(folder, alexnet_cache, tmp_path, capsys):
     metric = utils.LPIPS()
     expected = []
     for name in NAMES:
-        hr, lr = evaluate.load_hr_lr(str(folder / name), 4)
+        hr, lr = utils.load_hr_lr(str(folder / name), 4)
         expected.append(metric(utils.imresize(lr, 4), hr, 4))
     assert summary['Bicubic']['lpips'] == pytest.approx(np.mean(expected), abs=1e-6)
     assert rows[0][6] == f"{summary['Bicubic']['lpips']:.4f}" and 0 < np.mean(expected)

@@ -332,10 +332,10 @@ def test_exif_orientation_is_applied(tmp_path, orientation, corner):
 def test_set5_bicubic_x4():
     # evaluate.py's per-image pipeline, scoring only Y: evaluate_folder would also compute the
     # three-channel SSIM, which triples the cost of this test and is checked elsewhere.
-    bicubic = evaluate.bicubic_method(4)
+    bicubic = utils.bicubic_method(4)
     psnrs, ssims = [], []
     for path in evaluate.find_images(str(SET5)):
-        hr, lr = evaluate.load_hr_lr(path, 4)
+        hr, lr = utils.load_hr_lr(path, 4)
         sr = bicubic(lr[None])[0]
         psnrs.append(utils.psnr(sr, hr, 4, y_channel=True))
         ssims.append(utils.ssim(sr, hr, 4, y_channel=True))
