@@ -1,17 +1,28 @@
 """Helpers the test files share: the repository root, small natural images, a generator that
 behaves like a trained one, a script's main() run in-process, one-line error checks, and what
 a training run leaves behind (history, checkpoints). Test files import them by name:
-`from conftest import natural, run_main`."""
+`from conftest import natural, run_main`; the one_thread fixture pins torch to one thread."""
 import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from model import Generator
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One intra-op thread for a module's tests: the machine is shared, and resumes are compared
+    bit for bit (use with pytestmark = pytest.mark.usefixtures('one_thread'))."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from PIL import Image
 import train
 import utils
 from conftest import ROOT, ckpt, same_state
+
 # one intra-op thread for this module too: the machine is shared, resumes compared bit for bit
-from test_train import one_thread  # noqa: F401
+pytestmark = pytest.mark.usefixtures('one_thread')
 SIZES = [(40, 50), (64, 33), (32, 32), (37, 90)]  # (H, W): any sizes, one exactly the crop
 TINY = ['--num_blocks', '2', '--crop_size', '32', '--batch_size', '2', '--iters_per_epoch', '3',
         '--workers', '0', '--log_every', '2', '--content_weight', '0']

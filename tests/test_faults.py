@@ -24,8 +24,8 @@ import train
 import utils
 from conftest import ROOT, load, run_main, same_tensors
 from model import Generator
-from test_train import one_thread  # noqa: F401 (autouse: one intra-op thread, resumes bitwise)
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # resumes are compared bit for bit
 TINY = ['--num_blocks', '2', '--batch_size', '4', '--crop_size', '32', '--iters_per_epoch', '5',
         '--workers', '0', '--log_every', '1000', '--amp', 'off']
 ADV = ['--mode', 'adversarial', '--content_weight', '0']  # SRGAN-MSE: no VGG

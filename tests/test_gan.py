@@ -16,7 +16,9 @@ import model
 import train
 import utils
 from test_train import (ADV, batch, ckpt, data, fit, grads, history, load, make_state,  # noqa: F401
-                        one_thread, same_state, same_tensors)
+                        same_state, same_tensors)
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 

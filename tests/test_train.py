@@ -31,13 +31,7 @@ TINY = ['--num_blocks', '2', '--crop_size', '32', '--batch_size', '2', '--iters_
 ADV = ['--mode', 'adversarial', '--content_weight', '0']  # SRGAN-MSE: no VGG, fast
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """One intra-op thread: the machine is shared, and resumes are compared bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # resumes are compared bit for bit
 
 
 @pytest.fixture(scope='module')
