@@ -152,12 +152,7 @@ def report(result: dict) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Super-resolve an image or a folder of images.')
     p.add_argument('--image', required=True, help='input image, or a folder of images')
-    p.add_argument('--upscale_factor', type=int, choices=[2, 4, 8], default=None,
-                   help='super resolution upscale factor (default: the one the weights '
-                        'file records; an explicit value must agree with it)')
-    p.add_argument('--weight', default=None,
-                   help='generator weights file, or a bare generator state_dict '
-                        '(default: weights/srgan_x4.pth)')
+    add_inference_flags(p, 'image')
     p.add_argument('--strength', type=number(float, 0, 1), default=None, metavar='S',
                    help='detail strength: blend --weight_psnr (0) and --weight (1) parameter '
                         'by parameter (default: --weight alone)')
@@ -166,7 +161,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '--weight (default: weights/srresnet_x4.pth)')
     p.add_argument('--downsample', choices=['None', 'none', 'bicubic'], default='None',
                    help='bicubic: shrink the input first and compare against it (metrics)')
-    add_inference_flags(p, 'image')
     p.add_argument('--max_megapixels', type=number(float, 0, low_open=True),
                    default=MAX_MEGAPIXELS,
                    help='refuse inputs whose output would be larger (checked from the file '

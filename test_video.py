@@ -404,12 +404,6 @@ def parse_frames(spec: str) -> tuple:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Super-resolve a video, keeping its audio.')
     p.add_argument('--video', required=True, help='input video (anything FFmpeg reads)')
-    p.add_argument('--upscale_factor', type=int, choices=[2, 4, 8], default=None,
-                   help='super resolution upscale factor (default: the one the weights '
-                        'file records; an explicit value must agree with it)')
-    p.add_argument('--weight', default=None,
-                   help='generator weights file, or a bare generator state_dict '
-                        '(default: weights/srgan_x4.pth)')
     add_inference_flags(p, 'frame')
     p.add_argument('--compare', action='store_true',
                    help='also write compare_NAME.mp4: bicubic | SR side by side')

@@ -1593,9 +1593,17 @@ def device_for(cuda: bool) -> torch.device:
     return torch.device('cuda' if cuda else 'cpu')
 
 
-def add_inference_flags(p: argparse.ArgumentParser, what: str = 'image') -> None:
-    """--cuda, --out_dir, --tile, --tile_overlap and --amp, for the scripts that run a generator
-    on pictures (`what`: the picture's name in the help)."""
+def add_inference_flags(p: argparse.ArgumentParser, what: str = 'image',
+                        default_weight: str = 'weights/srgan_x4.pth') -> None:
+    """--upscale_factor, --weight, --cuda, --out_dir, --tile, --tile_overlap and --amp, for the
+    scripts that run a generator on pictures (`what`: the picture's name in the help;
+    `default_weight`: what --weight defaults to, in words)."""
+    p.add_argument('--upscale_factor', type=int, choices=[2, 4, 8], default=None,
+                   help='super resolution upscale factor (default: the one the weights '
+                        'file records; an explicit value must agree with it)')
+    p.add_argument('--weight', default=None,
+                   help='generator weights file, or a bare generator state_dict '
+                        f'(default: {default_weight})')
     p.add_argument('--cuda', action='store_true', help='run on the GPU')
     p.add_argument('--out_dir', default='results', help='output folder (default: results)')
     p.add_argument('--tile', type=int, default=None,
