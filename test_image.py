@@ -178,9 +178,9 @@ def input_files(image: str) -> list:
 def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
     weight = args.weight or DEFAULT_WEIGHT
     if args.weight is None and not os.path.isfile(weight):
-        raise CheckpointError(f'{weight}: the default weights file is not there; pass '
-                              '--weight FILE with a weights file from train.py (or the '
-                              "original project's generator state_dict)")
+        raise CheckpointPathError(f'{weight}: the default weights file is not there; pass '
+                                  '--weight FILE with a weights file from train.py (or the '
+                                  "original project's generator state_dict)")
     if args.strength is None:
         return load_generator(weight, args.upscale_factor, device)
     psnr_weight = args.weight_psnr or DEFAULT_PSNR_WEIGHT
