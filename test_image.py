@@ -247,7 +247,8 @@ def main(argv=None) -> int:
                     for k in measured[0][method]}
             print(f"  {'bicubic' if method == 'bicubic' else 'SR':8} {format_metrics(mean)}")
     if failed:
-        error(f'{len(failed)} of {len(paths)} image(s) failed')
+        if len(paths) > 1:  # one image already said what went wrong, in its one line
+            error(f'{len(failed)} of {len(paths)} image(s) failed')
         return EXIT_FAILED
     return 0
 
