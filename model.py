@@ -151,7 +151,7 @@ def _vgg19_state_dict(weights: str) -> dict:
         old_timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
         try:
-            return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+            return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
         except Exception as e:
             raise VGGWeightsError(
                 f'could not download the ImageNet VGG19 weights ({type(e).__name__}: {e}). '
