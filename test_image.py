@@ -41,8 +41,11 @@ from utils import (EXIT_FAILED, MAX_MEGAPIXELS, CheckpointError, CheckpointPathE
                    super_resolve, TILE_OVERLAP)
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
-DEFAULT_WEIGHT = os.path.join(WEIGHTS_DIR, 'srgan_x4.pth')
-DEFAULT_PSNR_WEIGHT = os.path.join(WEIGHTS_DIR, 'srresnet_x4.pth')
+# Default weights per scale ({scale} = --upscale_factor, 4 when it is not given). Without an
+# SRGAN file for a scale, the SRResNet file next to it is used instead.
+DEFAULT_WEIGHT = os.path.join(WEIGHTS_DIR, 'srgan_x{scale}.pth')
+DEFAULT_PSNR_WEIGHT = os.path.join(WEIGHTS_DIR, 'srresnet_x{scale}.pth')
+DEFAULT_SCALE = 4
 BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, normalised
 
 
@@ -152,13 +155,14 @@ def report(result: dict) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Super-resolve an image or a folder of images.')
     p.add_argument('--image', required=True, help='input image, or a folder of images')
-    add_inference_flags(p, 'image')
+    add_inference_flags(p, 'image', 'weights/srgan_x{S}.pth for --upscale_factor S, 4 if not '
+                        'given; weights/srresnet_x{S}.pth when there is no SRGAN file for S')
     p.add_argument('--strength', type=number(float, 0, 1), default=None, metavar='S',
                    help='detail strength: blend --weight_psnr (0) and --weight (1) parameter '
                         'by parameter (default: --weight alone)')
     p.add_argument('--weight_psnr', default=None,
                    help='the SRResNet end of --strength, of the same scale and settings as '
-                        '--weight (default: weights/srresnet_x4.pth)')
+                        '--weight (default: weights/srresnet_x{S}.pth)')
     p.add_argument('--downsample', choices=['None', 'none', 'bicubic'], default='None',
                    help='bicubic: shrink the input first and compare against it (metrics)')
     p.add_argument('--max_megapixels', type=number(float, 0, low_open=True),
@@ -175,15 +179,32 @@ def input_files(image: str) -> list:
     return [image]  # a missing or bad file is reported by process_image
 
 
+def default_weight(scale: int) -> tuple:
+    """(path, notice): the SRGAN weights for `scale`, else the SRResNet ones beside them with a
+    one-line notice saying so; CheckpointError naming both files when neither is there."""
+    srgan = DEFAULT_WEIGHT.replace('{scale}', str(scale))
+    if os.path.isfile(srgan):
+        return srgan, None
+    srresnet = os.path.join(os.path.dirname(srgan), f'srresnet_x{scale}.pth')
+    if os.path.isfile(srresnet):
+        return srresnet, (f'note: no SRGAN weights for x{scale} ({srgan}); using the SRResNet '
+                          f'weights {srresnet}')
+    raise CheckpointPathError(f'{srgan}: the default weights file is not there, nor '
+                              f'{srresnet}, so there are no x{scale} weights; pass --weight FILE '
+                              "with a weights file from train.py (or the original project's "
+                              'generator state_dict)')
+
+
 def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
-    weight = args.weight or DEFAULT_WEIGHT
-    if args.weight is None and not os.path.isfile(weight):
-        raise CheckpointPathError(f'{weight}: the default weights file is not there; pass '
-                                  '--weight FILE with a weights file from train.py (or the '
-                                  "original project's generator state_dict)")
+    scale = args.upscale_factor or DEFAULT_SCALE
+    weight = args.weight
+    if weight is None:
+        weight, notice = default_weight(scale)
+        if notice:
+            print(notice, file=sys.stderr, flush=True)
     if args.strength is None:
         return load_generator(weight, args.upscale_factor, device)
-    psnr_weight = args.weight_psnr or DEFAULT_PSNR_WEIGHT
+    psnr_weight = args.weight_psnr or DEFAULT_PSNR_WEIGHT.replace('{scale}', str(scale))
     if args.weight_psnr is None and not os.path.isfile(psnr_weight):
         raise CheckpointPathError(f'{psnr_weight}: the default SRResNet weights file is not '
                                   'there; pass --weight_psnr FILE for the SRResNet end of '
