@@ -7,6 +7,9 @@
 # A 300-iteration calibration run measures images/s with the real settings; the SRResNet run then
 # gets about GEN_SHARE of the remaining budget, the SRGAN-MSE run the rest. Without a GPU, set
 # CUDA= (empty) to train on the CPU (bf16 on CPUs with AMX/AVX512-BF16).
+# Other scales: SCALE=2 or 8 (CROP: HR crop size, 96 by default; x8 measured better at 192), and
+# PRETRAIN=FILE to start SRResNet from a generator of that scale (scripts/transfer_scale.py
+# makes one from the x4 weights).
 set -euo pipefail
 TRAIN=${TRAIN:-data/train}
 VALID=${VALID:-data/valid}
@@ -19,7 +22,8 @@ WORKERS=${WORKERS:-12}
 ITERS=${ITERS:-1000}                # iterations per epoch
 CUDA=${CUDA---cuda}
 PY=${PYTHON:-python}
-common=(--trainset_dir "$TRAIN" --validset_dir "$VALID" --upscale_factor 4 --crop_size 96
+common=(--trainset_dir "$TRAIN" --validset_dir "$VALID" --upscale_factor ${SCALE:-4}
+        --crop_size ${CROP:-96}
         --workers "$WORKERS" --cache --num_blocks ${BLOCKS:-16} --log_every 50 $CUDA)
 
 # 1. calibration: images/s of each mode with the real settings (also a fail-fast smoke test)
@@ -39,7 +43,8 @@ g_epochs=$(awk -v ips="$g_ips" -v b="$BUDGET_S" -v s="$GEN_SHARE" -v n="$ITERS" 
 g_step=$(( g_epochs * 4 / 5 ))
 echo "SRResNet: $g_epochs epochs x $ITERS iterations x batch $BATCH, lr $LR, /10 after epoch $g_step"
 $PY train.py --mode generator "${common[@]}" --batch_size "$BATCH" --lr "$LR" --ema 0.999 \
-    --epochs "$g_epochs" --iters_per_epoch "$ITERS" --lr_step "$g_step" --out_dir "$OUT/srresnet"
+    --epochs "$g_epochs" --iters_per_epoch "$ITERS" --lr_step "$g_step" --out_dir "$OUT/srresnet" \
+    ${PRETRAIN:+--pretrain "$PRETRAIN"}
 
 # 3. SRGAN-MSE from the SRResNet weights: the paper's batch 16 and lr 1e-4, /10 at half
 a_epochs=$(awk -v ips="$a_ips" -v b="$BUDGET_S" -v s="$GEN_SHARE" -v n="$ITERS" \
