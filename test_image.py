@@ -242,7 +242,8 @@ def main(argv=None) -> int:
                    downsample=args.downsample == 'bicubic', tile=args.tile,
                    overlap=args.tile_overlap, dtype=dtype)
     precision = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[dtype]
-    print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks) on {device}, "
+    blend = '' if args.strength is None else f', detail strength {args.strength:g}'
+    print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks{blend}) on {device}, "
           f"{precision}, {len(paths)} image(s) -> {args.out_dir}", flush=True)
 
     results = []
