@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import (EXIT_FAILED, EXIT_INTERRUPTED, MIN_INPUT_SIDE, TILE_OVERLAP, CheckpointError,
+from utils import (EXIT_FAILED, EXIT_INTERRUPTED, TILE_OVERLAP, CheckpointError,
                    CheckpointPathError, UsageError, add_inference_flags, atomic_write, error,
                    fail, imresize, inference_model, inference_setup, load_generator, max_tile,
-                   mirror_pad, pick_tile, tiled_forward, to_uint8)
+                   pick_tile, super_resolve, to_uint8)
 
 DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
                               'srgan_x4.pth')
@@ -152,17 +152,10 @@ def frames_per_pass(h: int, w: int, tile: int, largest: int) -> int:
 
 def super_resolve_frames(model: torch.nn.Module, frames: list, scale: int, tile: int,
                          overlap: int, dtype=None) -> torch.Tensor:
-    """HxWx3 uint8 frames -> (N, 3, H*scale, W*scale) float32 on the CPU, unclamped: the batch
-    counterpart of utils.super_resolve (same padding of tiny inputs, layout, autocast, tiles)."""
-    device = next(model.parameters()).device
-    lr = torch.from_numpy(np.stack(frames)).to(device).permute(0, 3, 1, 2).float().div(255)
-    h, w = lr.shape[-2:]
-    lr, (top, left) = mirror_pad(lr, MIN_INPUT_SIDE)
-    lr = lr.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
-                                                enabled=dtype is not None):
-        sr = tiled_forward(model, lr, scale, tile, overlap)
-    return sr[..., top * scale:(top + h) * scale, left * scale:(left + w) * scale].float().cpu()
+    """HxWx3 uint8 frames -> (N, 3, H*scale, W*scale) float32 on the CPU, unclamped, through
+    utils.super_resolve (as test_image.py runs one image)."""
+    lr = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255)
+    return super_resolve(model, lr, scale, tile, overlap, dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1550,16 +1550,18 @@ def mirror_pad(x: torch.Tensor, side: int) -> tuple:
 
 def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int, overlap: int,
                   dtype=None) -> torch.Tensor:
-    """(3, h, w) LR in [0, 1] -> (3, h*scale, w*scale) float32 on the CPU, unclamped."""
+    """(3, h, w) or (N, 3, h, w) LR in [0, 1] -> (3 or N, 3, h*scale, w*scale) float32 on the
+    CPU, unclamped."""
     device = next(model.parameters()).device
+    single = lr.dim() == 3
     h, w = lr.shape[-2:]
-    lr, (top, left) = mirror_pad(lr, MIN_INPUT_SIDE)
-    x = lr[None].to(device).contiguous(memory_format=torch.channels_last)
+    lr, (top, left) = mirror_pad(lr[None] if single else lr, MIN_INPUT_SIDE)
+    x = lr.to(device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
                                                 enabled=dtype is not None):
         sr = tiled_forward(model, x, scale, tile, overlap)
-    sr = sr[0, :, top * scale:(top + h) * scale, left * scale:(left + w) * scale]
-    return sr.float().cpu()
+    sr = sr[..., top * scale:(top + h) * scale, left * scale:(left + w) * scale]
+    return (sr[0] if single else sr).float().cpu()
 
 
 # A method upscales a (3, h, w) LR tensor in [0, 1] to (3, h*s, w*s); the output need not
