@@ -43,14 +43,6 @@ METRIC_COLUMNS = {'psnr': ('psnr_y', 'psnr_ycbcr'), 'ssim': ('ssim_y', 'ssim_ycb
 DEFAULT_METRICS = ('psnr', 'ssim', 'niqe')
 
 
-def parse_weight(spec: str) -> tuple:
-    """'NAME=PATH' -> (NAME, PATH); a bare PATH is labelled with its file stem."""
-    name, sep, path = spec.partition('=')
-    if sep and name and os.sep not in name:
-        return name, path
-    return os.path.splitext(os.path.basename(spec))[0], spec
-
-
 def parse_metrics(text: str) -> tuple:
     """'psnr,ssim,niqe' -> ('psnr', 'ssim', 'niqe'), for --metrics."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(',') if n.strip()))
@@ -188,45 +180,40 @@ def write_csv(rows: list, path: str) -> None:
     utils.atomic_write(path, write)
 
 
+# Tables are computed in exact float32, so that they reproduce to the last digit on any
+# machine (bf16 moves PSNR by about 0.002 dB, and differently on different hardware).
+EXACT = utils.Default('off', 'off: exact float32, so that tables reproduce to the last digit '
+                             'on any machine')
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data', nargs='+', required=True, metavar='DIR',
                         help='folders of HR images, e.g. Set5 Set14 (one table row each)')
-    parser.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8],
-                        help='super resolution upscale factor')
-    parser.add_argument('--weight', nargs='+', action='extend', default=[], metavar='NAME=PATH',
-                        help='generator weights to evaluate, labelled NAME (default: file stem); '
-                             'Bicubic is always evaluated')
+    utils.add_flags(parser, 'upscale_factor')
+    utils.flag_weight(parser, utils.Default([], 'none: Bicubic alone (it is always evaluated)'),
+                      repeat=True)
     parser.add_argument('--strength', nargs='+', type=utils.number(float, 0, 1), metavar='S',
                         help='score each --weight blended with --weight_psnr at these detail '
-                             'strengths (0 = --weight_psnr, 1 = --weight), as rows NAME@S')
+                             'strengths (0 = --weight_psnr, 1 = --weight), as rows NAME@S '
+                             '(default: --weight alone)')
     parser.add_argument('--weight_psnr', metavar='PATH',
-                        help='the SRResNet end of --strength (same scale and settings)')
-    parser.add_argument('--cuda', action='store_true', help='run the generators on the GPU')
-    parser.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='off',
-                        help='autocast for the generators: off = exact float32 (default); auto = '
-                             'bf16 where the GPU/CPU has native bf16, else float32')
-    parser.add_argument('--tile', type=utils.number(int, 0), default=0, metavar='N',
-                        help='run the generators on N x N LR tiles to bound memory (0 = whole)')
+                        help='the SRResNet end of --strength, of the same scale and settings '
+                             '(default: weights/srresnet_x{S}.pth)')
+    utils.add_flags(parser, 'cuda', 'amp', 'tile', 'max_megapixels', amp=EXACT)
     parser.add_argument('--metrics', type=parse_metrics, default=DEFAULT_METRICS,
                         metavar='LIST',
-                        help=f'comma-separated, of {", ".join(METRIC_COLUMNS)} (default: '
-                             f'{",".join(DEFAULT_METRICS)}); niqe adds an HR row, lpips needs '
-                             "torchvision's ImageNet AlexNet")
-    parser.add_argument('--json', metavar='FILE', help='write the table rows as JSON')
-    parser.add_argument('--csv', metavar='FILE', help='write per-image metrics as CSV')
-    parser.add_argument('--max_megapixels', type=utils.number(float, 0, low_open=True),
-                        default=utils.MAX_MEGAPIXELS,
-                        help='skip larger HR images (checked from the file header, before '
-                             'decoding)')
+                        help=f'comma-separated, of {", ".join(METRIC_COLUMNS)}; niqe adds an HR '
+                             "row, lpips needs torchvision's ImageNet AlexNet (default: "
+                             f'{",".join(DEFAULT_METRICS)})')
+    parser.add_argument('--json', metavar='FILE',
+                        help='write the table rows as JSON (default: none)')
+    parser.add_argument('--csv', metavar='FILE',
+                        help='write per-image metrics as CSV (default: none)')
     args = parser.parse_args(argv)
-    if 0 < args.tile <= 2 * utils.TILE_OVERLAP:
-        parser.error(f'--tile: must be 0 (whole images) or more than {2 * utils.TILE_OVERLAP}, '
-                     f'twice the overlap of {utils.TILE_OVERLAP} LR pixels')
-    if args.strength and not (args.weight_psnr and args.weight):
-        parser.error('--strength needs --weight_psnr (the SRResNet end) and --weight')
-    args.weight = [parse_weight(w) for w in args.weight]
-    labels = ['Bicubic', 'HR'] + [name for name, _ in args.weight]
+    if args.strength and not args.weight:
+        parser.error('--strength needs --weight (the SRGAN end)')
+    labels = ['Bicubic', 'HR'] + [w.name for w in args.weight]
     for name in labels:
         if labels.count(name) > 1:
             parser.error(f'--weight: the label {name!r} is used twice (Bicubic and HR are '
@@ -234,52 +221,62 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def load_methods(args: argparse.Namespace, device: torch.device, amp_dtype) -> tuple:
+    """(scale, methods): Bicubic and a method per --weight (per strength with --strength),
+    all run through utils.super_resolve. The scale is --upscale_factor, else the first weights
+    file's, else utils.DEFAULT_SCALE; every file must agree with it. CheckpointError."""
+    scale = args.upscale_factor
+    generators = {}
+    for name, path in args.weight:
+        if args.strength:
+            psnr_path = args.weight_psnr or utils.default_weight(
+                scale or utils.DEFAULT_SCALE, 'srresnet', '--weight_psnr')
+            blends = {f'{name}@{s:g}': utils.load_blend(psnr_path, path, s, scale, device)
+                      for s in args.strength}
+        else:
+            blends = {name: utils.load_generator(path, scale, device)}
+        generators.update(blends)
+        scale = scale or next(iter(blends.values())).upscale_factor
+    scale = scale or utils.DEFAULT_SCALE
+    methods = {'Bicubic': utils.bicubic_method(scale)}
+    for label, generator in generators.items():
+        methods[label] = utils.generator_method(generator, scale, device, amp_dtype, args.tile,
+                                                args.tile_overlap)
+    return scale, methods
+
+
+@utils.script
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        device = utils.device_for(args.cuda)
-        amp_dtype = utils.autocast_dtype(args.amp, device)
-    except utils.UsageError as e:
-        return utils.fail(e)
+    device, amp_dtype = utils.inference_setup(args)
     # without autocast, cuDNN would still run convolutions in TF32; keep evaluation exact
     torch.backends.cudnn.allow_tf32 = amp_dtype is not None
-    scale = args.upscale_factor
-
     utils.set_max_megapixels(args.max_megapixels)
-    # Check every weights file, folder and output before the long part, so a typo fails at once.
+    # Check every folder, weights file and output before any model is built, so a typo fails
+    # at once; every problem is one line.
     problems = [utils.UsageError(f'{flag} {problem}')
                 for flag, path in (('--json', args.json), ('--csv', args.csv))
                 if path and (problem := utils.output_problem(path))]
-    methods = {'Bicubic': utils.bicubic_method(scale)}
-    for name, path in args.weight:
-        try:
-            if args.strength:
-                generators = {f'{name}@{s:g}': utils.load_blend(args.weight_psnr, path, s,
-                                                                scale, device)
-                              for s in args.strength}
-            else:
-                generators = {name: utils.load_generator(path, upscale_factor=scale,
-                                                         device=device)}
-        except utils.CheckpointError as e:
-            problems.append(e)
-            continue
-        for label, generator in generators.items():
-            methods[label] = utils.generator_method(generator, scale, device, amp_dtype,
-                                                    args.tile)
-    lpips_metric = None
-    if 'lpips' in args.metrics:
-        try:
-            lpips_metric = utils.LPIPS(device)
-        except utils.LPIPSError as e:  # a package or download this machine lacks
-            problems.append(utils.UsageError(f'--metrics lpips: {e}'))
     folders = []
     for folder in args.data:
         try:
             folders.append((folder, find_images(folder)))
         except utils.UsageError as e:
             problems.append(e)
+    for path in [w.path for w in args.weight] + ([args.weight_psnr] if args.weight_psnr else []):
+        try:
+            utils.check_input(path)
+        except utils.UsageError as e:
+            problems.append(e)
     if problems:
         return utils.fail(*problems)
+    scale, methods = load_methods(args, device, amp_dtype)
+    lpips_metric = None
+    if 'lpips' in args.metrics:
+        try:
+            lpips_metric = utils.LPIPS(device)
+        except utils.LPIPSError as e:  # a package or download this machine lacks
+            raise utils.UsageError(f'--metrics lpips: {e}') from None
 
     rows, skipped = [], []
     for folder, paths in folders:

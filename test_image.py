@@ -33,19 +33,13 @@ import torch
 from torch import nn
 
 from model import Generator
-from utils import (EXIT_FAILED, MAX_MEGAPIXELS, CheckpointError, CheckpointPathError, ImageError,
-                   UsageError, add_inference_flags, check_pixels, downscale, error, fail,
-                   find_images, image_metrics, imresize, inference_model, inference_setup,
-                   load_blend, load_generator, load_image, max_tile, modcrop, number,
-                   output_format, output_problem, pick_tile, save_image, set_max_megapixels,
-                   super_resolve, TILE_OVERLAP)
+from utils import (DEFAULT_SCALE, EXIT_FAILED, MAX_MEGAPIXELS, PRECISION_NAMES, TILE_OVERLAP,
+                   ImageError, add_flags, check_input, check_output_dir, check_pixels,
+                   default_weight, error, find_images, generator_from_flags, image_metrics,
+                   imresize, inference_model, inference_setup, load_blend, load_hr_lr,
+                   load_image, number, output_format, plan_tile, save_image, script,
+                   set_max_megapixels, super_resolve)
 
-WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
-# Default weights per scale ({scale} = --upscale_factor, 4 when it is not given). Without an
-# SRGAN file for a scale, the SRResNet file next to it is used instead.
-DEFAULT_WEIGHT = os.path.join(WEIGHTS_DIR, 'srgan_x{scale}.pth')
-DEFAULT_PSNR_WEIGHT = os.path.join(WEIGHTS_DIR, 'srresnet_x{scale}.pth')
-DEFAULT_SCALE = 4
 BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, normalised
 
 
@@ -61,6 +55,7 @@ class Options:
     tile: int = None          # None: pick from the image size and device; 0: whole image
     overlap: int = TILE_OVERLAP
     dtype: torch.dtype = None  # autocast dtype, None for fp32
+    max_megapixels: float = MAX_MEGAPIXELS
 
 
 def is_grayscale(rgb: torch.Tensor) -> bool:
@@ -83,25 +78,18 @@ def process_image(path: str, model: nn.Module, opts: Options) -> dict:
 
     Raises ImageError (one line naming the file) for input that cannot be used."""
     s = opts.scale
-    rgb, alpha = load_image(path)
-    gray = is_grayscale(rgb)
     hr = hr_alpha = None
-    if opts.downsample:
-        hr = modcrop(rgb, s)
-        hr_alpha = None if alpha is None else modcrop(alpha, s)
-        h, w = hr.shape[-2:]
-        if min(h, w) < 11 + 2 * s:  # SSIM's 11x11 window after cropping `s` border pixels
-            raise ImageError(f'{path}: {rgb.shape[2]}x{rgb.shape[1]} is too small for '
-                             f'--downsample bicubic at x{s} (needs at least {11 + 2 * s} px)')
-        lr = downscale(hr, s)
-        lr_alpha = None if alpha is None else downscale(hr_alpha, s)
+    if opts.downsample:  # the ground truth and its LR, as evaluate.py makes them
+        hr, lr = load_hr_lr(path, s, opts.max_megapixels, keep_alpha=True)
+        hr, hr_alpha = hr[:3], (hr[3:] if len(hr) > 3 else None)
+        lr, lr_alpha = lr[:3], (lr[3:] if len(lr) > 3 else None)
+        gray = is_grayscale(hr)
     else:
-        lr, lr_alpha = rgb, alpha
+        lr, lr_alpha = load_image(path)
+        gray = is_grayscale(lr)
     h, w = lr.shape[-2:]
-    tile = opts.tile
-    if tile is None:
-        device = next(model.parameters()).device
-        tile = pick_tile(h, w, max_tile(s, device, opts.dtype), opts.overlap)
+    device = next(model.parameters()).device
+    tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
 
     start = time.perf_counter()
     sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype)
@@ -155,74 +143,45 @@ def report(result: dict) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Super-resolve an image or a folder of images.')
     p.add_argument('--image', required=True, help='input image, or a folder of images')
-    add_inference_flags(p, 'image', 'weights/srgan_x{S}.pth for --upscale_factor S, 4 if not '
-                        'given; weights/srresnet_x{S}.pth when there is no SRGAN file for S')
+    add_flags(p, 'upscale_factor', 'weight', 'cuda', 'out_dir', 'tile', 'amp', 'max_megapixels')
     p.add_argument('--strength', type=number(float, 0, 1), default=None, metavar='S',
                    help='detail strength: blend --weight_psnr (0) and --weight (1) parameter '
                         'by parameter (default: --weight alone)')
-    p.add_argument('--weight_psnr', default=None,
+    p.add_argument('--weight_psnr', default=None, metavar='PATH',
                    help='the SRResNet end of --strength, of the same scale and settings as '
                         '--weight (default: weights/srresnet_x{S}.pth)')
-    p.add_argument('--downsample', choices=['None', 'none', 'bicubic'], default='None',
-                   help='bicubic: shrink the input first and compare against it (metrics)')
-    p.add_argument('--max_megapixels', type=number(float, 0, low_open=True),
-                   default=MAX_MEGAPIXELS,
-                   help='refuse inputs whose output would be larger (checked from the file '
-                        'header, before decoding)')
+    p.add_argument('--downsample', choices=['none', 'bicubic'], default='none',
+                   type=str.lower,
+                   help='bicubic: shrink the input first and score the result against it '
+                        '(PSNR/SSIM, as evaluate.py) (default: none)')
     return p.parse_args(argv)
 
 
 def input_files(image: str) -> list:
-    """The files to process: `image` itself, or the images directly inside that folder."""
+    """The files to process: `image` itself, or the images directly inside that folder;
+    UsageError when it is missing or an empty folder."""
     if os.path.isdir(image):
         return find_images(image, recursive=False)
-    return [image]  # a missing or bad file is reported by process_image
-
-
-def default_weight(scale: int) -> tuple:
-    """(path, notice): the SRGAN weights for `scale`, else the SRResNet ones beside them with a
-    one-line notice saying so; CheckpointError naming both files when neither is there."""
-    srgan = DEFAULT_WEIGHT.replace('{scale}', str(scale))
-    if os.path.isfile(srgan):
-        return srgan, None
-    srresnet = os.path.join(os.path.dirname(srgan), f'srresnet_x{scale}.pth')
-    if os.path.isfile(srresnet):
-        return srresnet, (f'note: no SRGAN weights for x{scale} ({srgan}); using the SRResNet '
-                          f'weights {srresnet}')
-    raise CheckpointPathError(f'{srgan}: the default weights file is not there, nor '
-                              f'{srresnet}, so there are no x{scale} weights; pass --weight FILE '
-                              "with a weights file from train.py (or the original project's "
-                              'generator state_dict)')
+    return [check_input(image)]
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
-    scale = args.upscale_factor or DEFAULT_SCALE
-    weight = args.weight
-    if weight is None:
-        weight, notice = default_weight(scale)
-        if notice:
-            print(notice, file=sys.stderr, flush=True)
     if args.strength is None:
-        return load_generator(weight, args.upscale_factor, device)
-    psnr_weight = args.weight_psnr or DEFAULT_PSNR_WEIGHT.replace('{scale}', str(scale))
-    if args.weight_psnr is None and not os.path.isfile(psnr_weight):
-        raise CheckpointPathError(f'{psnr_weight}: the default SRResNet weights file is not '
-                                  'there; pass --weight_psnr FILE for the SRResNet end of '
-                                  '--strength')
+        return generator_from_flags(args, device)
+    scale = args.upscale_factor or DEFAULT_SCALE
+    weight = args.weight.path if args.weight else default_weight(scale)
+    psnr_weight = args.weight_psnr or default_weight(scale, 'srresnet', '--weight_psnr')
     return load_blend(psnr_weight, weight, args.strength, args.upscale_factor, device)
 
 
+@script
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:  # everything that can be checked before the work (README.md, "Conventions")
-        device, dtype = inference_setup(args)
-        paths = input_files(args.image)
-        generator = load_model(args, device)
-        problem = output_problem(args.out_dir, folder=True)
-        if problem:
-            raise UsageError(f'--out_dir {problem}')
-    except (ValueError, ImageError, CheckpointError) as e:
-        return fail(e)
+    # everything that can be checked before the model is built (README.md, "Conventions")
+    device, dtype = inference_setup(args)
+    paths = input_files(args.image)
+    check_output_dir(args.out_dir)
+    generator = load_model(args, device)
     cfg = generator.config
     # every input is checked from its header (size included) before anything is decoded
     set_max_megapixels(args.max_megapixels)
@@ -240,11 +199,10 @@ def main(argv=None) -> int:
     model = inference_model(generator, device)
     opts = Options(scale=cfg['upscale_factor'], out_dir=args.out_dir,
                    downsample=args.downsample == 'bicubic', tile=args.tile,
-                   overlap=args.tile_overlap, dtype=dtype)
-    precision = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[dtype]
+                   overlap=args.tile_overlap, dtype=dtype, max_megapixels=args.max_megapixels)
     blend = '' if args.strength is None else f', detail strength {args.strength:g}'
     print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks{blend}) on {device}, "
-          f"{precision}, {len(paths)} image(s) -> {args.out_dir}", flush=True)
+          f"{PRECISION_NAMES[dtype]}, {len(paths)} image(s) -> {args.out_dir}", flush=True)
 
     results = []
     for path in checked:

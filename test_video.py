@@ -32,21 +32,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import (EXIT_FAILED, EXIT_INTERRUPTED, TILE_OVERLAP, CheckpointError,
-                   CheckpointPathError, UsageError, add_inference_flags, atomic_write, error,
-                   fail, imresize, inference_model, inference_setup, load_generator, max_tile,
-                   pick_tile, super_resolve, to_uint8)
+from utils import (PRECISION_NAMES, TILE_OVERLAP, Interrupted, SRError, UsageError, add_flags,
+                   atomic_write, check_input, check_output_dir, frames_per_pass,
+                   generator_from_flags, imresize, inference_model, inference_setup,
+                   plan_tile, script, super_resolve, to_uint8)
 
-DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
-                              'srgan_x4.pth')
-# Frames per forward pass at most: larger batches barely raise GPU throughput, while the
-# batch's float32 SR frames (about 100 MB each for a 4K output) all sit in memory at once.
-MAX_BATCH = 8
 # FFmpeg demuxers that read still images: av.open accepts a PNG as a one-frame "video".
 IMAGE_DEMUXERS = ('image2', 'image2pipe')
 
 
-class VideoError(Exception):
+class VideoError(SRError):
     """A video that cannot be read or an output that cannot be written; str() names the file."""
 
 
@@ -142,13 +137,6 @@ class VideoWriter:
 # ---------------------------------------------------------------------------------------------
 # Inference
 # ---------------------------------------------------------------------------------------------
-
-def frames_per_pass(h: int, w: int, tile: int, largest: int) -> int:
-    """How many frames one forward pass takes: as many whole frames (or tiles of frames) as
-    fit in the area of the largest tile the memory budget allows, up to MAX_BATCH."""
-    area = min(tile, h) * min(tile, w) if tile else h * w
-    return max(1, min(MAX_BATCH, largest * largest // area))
-
 
 def super_resolve_frames(model: torch.nn.Module, frames: list, scale: int, tile: int,
                          overlap: int, dtype=None) -> torch.Tensor:
@@ -260,9 +248,8 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
         source.container.close()
         raise VideoError(f'{path}: the video stream has no picture size')
     device = next(model.parameters()).device
-    largest = max_tile(s, device, opts.dtype)
-    tile = pick_tile(h, w, largest, opts.overlap) if opts.tile is None else opts.tile
-    batch = frames_per_pass(h, w, tile, largest)
+    tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
+    batch = frames_per_pass(h, w, s, device, opts.dtype, opts.overlap, tile)
     total = None  # frames in the part, when the container says how many it has
     if v.frames:
         total = max(0, min(v.frames, opts.stop or v.frames) - opts.start)
@@ -397,53 +384,46 @@ def parse_frames(spec: str) -> tuple:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Super-resolve a video, keeping its audio.')
     p.add_argument('--video', required=True, help='input video (anything FFmpeg reads)')
-    add_inference_flags(p, 'frame')
+    add_flags(p, 'upscale_factor', 'weight', 'cuda', 'out_dir', 'tile', 'amp')
     p.add_argument('--compare', action='store_true',
-                   help='also write compare_NAME.mp4: bicubic | SR side by side')
+                   help='also write compare_NAME.mp4: bicubic | SR side by side (default: off)')
     p.add_argument('--frames', default=None, metavar='A:B',
-                   help='only frames A to B-1 (from 0; A: or :B leave one end open)')
+                   help='only frames A to B-1 (from 0; A: or :B leave one end open) '
+                        '(default: all)')
     p.add_argument('--crf', type=int, default=18, choices=range(52), metavar='0-51',
-                   help='H.264 quality: 0 lossless, 18 (default) visually near-lossless, '
-                        'higher = smaller files')
+                   help='H.264 quality: 0 lossless, 18 visually near-lossless, higher = '
+                        'smaller files (default: 18)')
     p.add_argument('--pix_fmt', choices=['yuv420p', 'yuv444p'], default='yuv420p',
-                   help='yuv420p (default) plays everywhere; yuv444p keeps full colour '
-                        'resolution, but some players cannot play it')
+                   help='yuv420p plays everywhere; yuv444p keeps full colour resolution, but '
+                        'some players cannot play it (default: yuv420p)')
     return p.parse_args(argv)
 
 
+@script
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:  # everything that can be checked before the work (README.md, "Conventions")
-        device, dtype = inference_setup(args)
-        try:
-            start, stop = parse_frames(args.frames) if args.frames else (0, None)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        weight = args.weight or DEFAULT_WEIGHT
-        if args.weight is None and not os.path.isfile(weight):
-            raise CheckpointPathError(f'{weight}: the default weights file is not there; pass '
-                                      '--weight FILE with a weights file from train.py')
-        generator = load_generator(weight, args.upscale_factor, device)
-    except (UsageError, CheckpointError) as e:
-        return fail(e)
+    # everything that can be checked before the model is built (README.md, "Conventions")
+    device, dtype = inference_setup(args)
+    try:
+        start, stop = parse_frames(args.frames) if args.frames else (0, None)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    check_input(args.video)
+    check_output_dir(args.out_dir)
+    generator = generator_from_flags(args, device)
     model = inference_model(generator, device)
     cfg = generator.config
     opts = Options(scale=cfg['upscale_factor'], out_dir=args.out_dir, tile=args.tile,
                    overlap=args.tile_overlap, dtype=dtype, compare=args.compare, start=start,
                    stop=stop, crf=args.crf, pix_fmt=args.pix_fmt)
-    precision = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[dtype]
     print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks) on {device}, "
-          f"{precision} -> {args.out_dir}", flush=True)
+          f"{PRECISION_NAMES[dtype]} -> {args.out_dir}", flush=True)
     try:
         result = process_video(args.video, model, opts)
-    except VideoError as e:
-        return fail(e)
     except torch.OutOfMemoryError:
-        error(f'{args.video}: out of memory; try a smaller --tile')
-        return EXIT_FAILED
+        raise VideoError(f'{args.video}: out of memory; try a smaller --tile') from None
     except KeyboardInterrupt:
-        error(f'{args.video}: interrupted; no output written')
-        return EXIT_INTERRUPTED
+        raise Interrupted(f'{args.video}: interrupted; no output written') from None
     report(result)
     return 0
 

@@ -1047,7 +1047,7 @@ def report(e: Exception) -> int:
         lines = [re.sub(r'^[\w.]+Error: ', '', lines[-1])]
     if lines:
         utils.error(lines[0])
-    return utils.EXIT_USAGE if isinstance(e, utils.UsageError) else utils.EXIT_FAILED
+    return utils.exit_status(e)
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Everything the scripts share, in data-flow order:
 
-    1. Image I/O      the error contract (UsageError, fail); files <-> (3, H, W) float
-                      tensors; ImageError; atomic writes
+    1. Image I/O      the error contract (SRError, UsageError, run_main, check_input);
+                      files <-> (3, H, W) float tensors; ImageError; atomic writes
     2. Colour         RGB <-> BT.601 YCbCr (MATLAB's rgb2ycbcr)
     3. Resize         MATLAB-compatible bicubic imresize, modcrop, the degradation (downscale)
     4. Metrics        PSNR / SSIM on 8-bit images, as the published tables compute them;
@@ -34,7 +34,7 @@ import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -48,9 +48,10 @@ from model import Generator, fuse_batchnorm, load_state_file
 # 1. Image I/O
 # Files in and out. Tensors are RGB float32 in [0, 1], (3, H, W); every unusable input
 # raises ImageError (one line naming the file); every file is written atomically. First the
-# scripts' error contract: one line 'error: ...' on stderr, exit status 2 when the command
-# cannot run as given (UsageError, argparse's own code), 1 when the work failed (README.md,
-# "Conventions").
+# scripts' error contract: every error class derives from SRError and carries its exit status;
+# run_main (or the @script decorator on a main) turns one into one line 'error: ...' on stderr
+# and that status: 2 when the command cannot run as given (UsageError, CheckpointPathError,
+# argparse's own code), 1 when the work failed, 130 for Ctrl-C (README.md, "Conventions").
 # =============================================================================================
 
 EXIT_FAILED = 1  # the work failed: unusable file contents, a failed write, a NaN loss ...
@@ -58,10 +59,23 @@ EXIT_USAGE = 2   # the command cannot run as given; argparse exits with 2 for ba
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process that SIGINT ended
 
 
-class UsageError(ValueError):
+class SRError(Exception):
+    """A problem a script reports as one line on stderr and ends with `exit_status` (the
+    class's, README.md "Conventions"). Every error class of the project derives from it, with
+    one base each: the status is an attribute, not a second parent. str() is one line."""
+    exit_status = EXIT_FAILED
+
+
+class UsageError(SRError):
     """The command cannot run as given: a flag's value or a combination of flags, a file or
     folder it names that is missing, of the wrong kind or empty, or a device or package the
-    flags ask for that this machine lacks. str() is one line."""
+    flags ask for that this machine lacks."""
+    exit_status = EXIT_USAGE
+
+
+class Interrupted(SRError):
+    """Ctrl-C: what was finished stays, the rest is not written."""
+    exit_status = EXIT_INTERRUPTED
 
 
 def error(msg: str) -> None:
@@ -69,18 +83,63 @@ def error(msg: str) -> None:
     print(f'error: {msg}', file=sys.stderr, flush=True)
 
 
+def exit_status(e: BaseException) -> int:
+    """The exit status for `e`: its class's exit_status, EXIT_FAILED for anything else."""
+    return getattr(e, 'exit_status', EXIT_FAILED)
+
+
 def fail(*problems: Exception) -> int:
-    """Report each problem on its own line; the exit status: EXIT_USAGE when any of them is
-    a UsageError, else EXIT_FAILED."""
+    """Report each problem on its own line; the exit status: the highest of theirs (so
+    EXIT_USAGE when any of them is a UsageError)."""
     for e in problems:
         error(str(e))
-    return EXIT_USAGE if any(isinstance(e, UsageError) for e in problems) else EXIT_FAILED
+    return max(exit_status(e) for e in problems)
+
+
+def run_main(main: Callable, argv=None) -> int:
+    """main(argv)'s exit status, with the contract applied: an SRError it raises becomes its
+    one line on stderr and its exit_status, Ctrl-C the line 'error: interrupted' and 130."""
+    try:
+        return main(argv) or 0
+    except SRError as e:
+        return fail(e)
+    except KeyboardInterrupt:
+        return fail(Interrupted('interrupted'))
+
+
+def script(main: Callable) -> Callable:
+    """Decorator for a script's main(argv=None): calling it (from the shell's __main__ or a
+    test) returns run_main's exit status instead of raising."""
+    @functools.wraps(main)
+    def wrapped(argv=None) -> int:
+        return run_main(main, argv)
+    return wrapped
+
+
+def check_input(path: str, kind: str = 'file') -> str:
+    """`path` when it exists and is a `kind` ('file' or 'folder'); UsageError naming it
+    otherwise. For the inputs a command names, checked before any model is built."""
+    if not os.path.exists(path):
+        raise UsageError(f'{path}: {kind} not found')
+    if kind == 'file' and os.path.isdir(path):
+        raise UsageError(f'{path}: is a folder, not a file')
+    if kind == 'folder' and not os.path.isdir(path):
+        raise UsageError(f'{path}: not a folder')
+    return path
+
+
+def check_output_dir(path: str, flag: str = '--out_dir') -> str:
+    """`path` when it is (or can be created as) a writable folder; UsageError otherwise."""
+    problem = output_problem(path, folder=True)
+    if problem:
+        raise UsageError(f'{flag} {problem}')
+    return path
 
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
 
-class ImageError(Exception):
+class ImageError(SRError):
     """An input image that cannot be used; str() is one line naming the file and the problem."""
 
 
@@ -668,7 +727,7 @@ def niqe(img, crop_border: int = 0) -> float:
     return _niqe_score(y)
 
 
-class LPIPSError(RuntimeError):
+class LPIPSError(SRError):
     """LPIPS cannot run here (package or AlexNet weights missing); str() is one line."""
 
 
@@ -900,12 +959,16 @@ class TrainSet(torch.utils.data.Dataset):
         return downscale(hr, self.scale), hr
 
 
-def load_hr_lr(path: str, scale: int, max_megapixels: float = MAX_MEGAPIXELS) -> tuple:
+def load_hr_lr(path: str, scale: int, max_megapixels: float = MAX_MEGAPIXELS,
+               keep_alpha: bool = False) -> tuple:
     """(hr, lr) as (3, H, W) tensors: HR modcropped, LR its bicubic downscale, as validation
-    and evaluation score them. Raises ImageError for unreadable images, ones over
-    max_megapixels (from the header, before decoding) and ones too small to score."""
+    and evaluation score them; with keep_alpha, an image's alpha channel comes along as a
+    fourth channel. Raises ImageError for unreadable images, ones over max_megapixels (from
+    the header, before decoding) and ones too small to score."""
     check_pixels(path, max_megapixels)
-    hr, _ = load_image(path)
+    hr, alpha = load_image(path)
+    if keep_alpha and alpha is not None:
+        hr = torch.cat([hr, alpha])
     hr = modcrop(hr, scale)
     smallest = 2 * scale + SSIM_WINDOW  # the SSIM window must fit once the border is cropped
     if min(hr.shape[-2:]) < smallest:
@@ -1215,12 +1278,13 @@ def main(argv=None) -> int:
 # CheckpointError (one line naming it), CheckpointPathError when there is no file.
 # =============================================================================================
 
-class CheckpointError(Exception):
+class CheckpointError(SRError):
     """A weights or checkpoint file that cannot be used; str() names the file."""
 
 
-class CheckpointPathError(CheckpointError, UsageError):
+class CheckpointPathError(CheckpointError):
     """The weights or checkpoint path is missing or a folder: a command-line problem."""
+    exit_status = EXIT_USAGE
 
 
 def save_checkpoint(state: dict, path: str) -> None:
@@ -1401,6 +1465,35 @@ def load_blend(psnr_path: str, gan_path: str, strength: float, upscale_factor: i
     return blend_generators(psnr_model, gan_model, strength)
 
 
+# The generator weights this project ships, per scale: SRResNet (the PSNR end, and the
+# --strength blends' fidelity end) and SRGAN. Scripts that run a generator without --weight
+# take default_weight(--upscale_factor or DEFAULT_SCALE).
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
+DEFAULT_WEIGHTS = {s: {kind: os.path.join(WEIGHTS_DIR, f'{kind}_x{s}.pth')
+                       for kind in ('srresnet', 'srgan')} for s in (2, 4, 8)}
+DEFAULT_SCALE = 4
+
+
+def default_weight(scale: int = DEFAULT_SCALE, kind: str = 'srgan',
+                   flag: str = '--weight') -> str:
+    """The shipped weights file of `kind` ('srgan' or 'srresnet') for `scale`. Without an SRGAN
+    file the SRResNet one beside it is used, with a one-line note on stderr saying so.
+    CheckpointPathError (naming `flag`, the way to give a file) when there is none."""
+    files = DEFAULT_WEIGHTS[scale]
+    path = files[kind]
+    if os.path.isfile(path):
+        return path
+    if kind == 'srgan' and os.path.isfile(files['srresnet']):
+        print(f'note: no SRGAN weights for x{scale} ({path}); using the SRResNet weights '
+              f"{files['srresnet']}", file=sys.stderr, flush=True)
+        return files['srresnet']
+    also = f", nor {files['srresnet']}" if kind == 'srgan' else ''
+    raise CheckpointPathError(f'{path}: the default weights file is not there{also}, so there '
+                              f'are no x{scale} {kind} weights; pass {flag} FILE with a weights '
+                              "file from train.py (or the original project's generator "
+                              'state_dict)')
+
+
 # =============================================================================================
 # 8. Inference
 # Running a generator on whole images: autocast precision, the tiling policy (tile size,
@@ -1432,6 +1525,10 @@ def autocast_dtype(amp: str, device: torch.device):
     if device.type == 'cuda':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_has_bf16() else None
+
+
+# How the scripts name each autocast dtype (None: no autocast).
+PRECISION_NAMES = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 
 
 # LR pixels each tile shares with its neighbours on every side. SRResNet's receptive field
@@ -1482,24 +1579,39 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list:
     return starts + [length - tile]
 
 
+def tile_count(h: int, w: int, tile: int, overlap: int) -> int:
+    """How many forward passes tiled_forward makes for an h x w input."""
+    if tile <= 0:
+        return 1
+    return len(_tile_starts(h, tile, overlap)) * len(_tile_starts(w, tile, overlap))
+
+
 @torch.inference_mode()
 def tiled_forward(model, lr: torch.Tensor, scale: int, tile: int = 0,
-                  overlap: int = TILE_OVERLAP) -> torch.Tensor:
+                  overlap: int = TILE_OVERLAP, progress: Callable = None) -> torch.Tensor:
     """Run `model` on a (N, 3, h, w) LR tensor, in tiles of `tile` LR pixels overlapping by
     `overlap` on each side, so peak memory is bounded by the tile size; tile=0 runs whole.
+    progress(done, total), when given, is called after each tile.
 
     Each output pixel is taken from the tile in which it lies furthest from a tile edge
     (the centre parts), so the receptive field is complete there."""
     n, c, h, w = lr.shape
     if tile <= 0 or (h <= tile and w <= tile):
-        return model(lr)
+        out = model(lr)
+        if progress:
+            progress(1, 1)
+        return out
     if tile <= 2 * overlap:
         raise ValueError(f'tile ({tile}) must be larger than twice the overlap ({overlap})')
     out = None
+    total, done = tile_count(h, w, tile, overlap), 0
     for top in _tile_starts(h, tile, overlap):
         for left in _tile_starts(w, tile, overlap):
             patch = lr[..., top:top + tile, left:left + tile]
             sr = model(patch)
+            done += 1
+            if progress:
+                progress(done, total)
             if out is None:
                 out = torch.empty(n, sr.shape[1], h * scale, w * scale, dtype=sr.dtype,
                                   device=sr.device)
@@ -1548,20 +1660,62 @@ def mirror_pad(x: torch.Tensor, side: int) -> tuple:
     return x[..., rows, :][..., cols], (top, left)
 
 
-def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int, overlap: int,
-                  dtype=None) -> torch.Tensor:
-    """(3, h, w) or (N, 3, h, w) LR in [0, 1] -> (3 or N, 3, h*scale, w*scale) float32 on the
-    CPU, unclamped."""
+def plan_tile(h: int, w: int, scale: int, device: torch.device, dtype=None,
+              overlap: int = TILE_OVERLAP, tile: int = None) -> int:
+    """The tile side (LR pixels) super_resolve uses for an h x w input: `tile` when given
+    (0 = whole image), else the automatic policy (max_tile's memory budget, pick_tile)."""
+    if tile is not None:
+        return tile
+    return pick_tile(h, w, max_tile(scale, device, dtype), overlap)
+
+
+# Frames per forward pass at most: larger batches barely raise GPU throughput, while the
+# batch's float32 SR frames (about 100 MB each for a 4K output) all sit in memory at once.
+MAX_BATCH = 8
+
+
+def frames_per_pass(h: int, w: int, scale: int, device: torch.device, dtype=None,
+                    overlap: int = TILE_OVERLAP, tile: int = None) -> int:
+    """How many h x w frames super_resolve runs in one forward pass: as many whole frames (or
+    tiles of frames) as fit in the area of the largest tile the memory budget allows, up to
+    MAX_BATCH."""
+    largest = max_tile(scale, device, dtype)
+    tile = plan_tile(h, w, scale, device, dtype, overlap, tile)
+    area = min(tile, h) * min(tile, w) if tile else h * w
+    return max(1, min(MAX_BATCH, largest * largest // area))
+
+
+def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int = None,
+                  overlap: int = TILE_OVERLAP, dtype=None,
+                  progress: Callable = None) -> torch.Tensor:
+    """The one path from a loaded generator (inference_model) to its output: (3, h, w) or
+    (N, 3, h, w) LR in [0, 1] -> (3 or N, 3, h*scale, w*scale) float32 on the CPU, unclamped.
+
+    tile: None = automatic (plan_tile), 0 = whole image, N = tiles of N LR pixels overlapping
+    by `overlap`; dtype: the autocast dtype (autocast_dtype), None for float32; N frames run
+    frames_per_pass at a time; inputs under MIN_INPUT_SIDE are mirrored out to it first.
+    progress(done, total) is called after each forward pass."""
     device = next(model.parameters()).device
     single = lr.dim() == 3
     h, w = lr.shape[-2:]
     lr, (top, left) = mirror_pad(lr[None] if single else lr, MIN_INPUT_SIDE)
-    x = lr.to(device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
-                                                enabled=dtype is not None):
-        sr = tiled_forward(model, x, scale, tile, overlap)
-    sr = sr[..., top * scale:(top + h) * scale, left * scale:(left + w) * scale]
-    return (sr[0] if single else sr).float().cpu()
+    ph, pw = lr.shape[-2:]
+    tile = plan_tile(ph, pw, scale, device, dtype, overlap, tile)
+    batch = frames_per_pass(ph, pw, scale, device, dtype, overlap, tile)
+    chunks = lr.split(batch)
+    per_chunk = tile_count(ph, pw, tile, overlap)
+    outputs = []
+    for i, chunk in enumerate(chunks):
+        x = chunk.to(device).contiguous(memory_format=torch.channels_last)
+        step = None if progress is None else (
+            lambda done, _, i=i: progress(i * per_chunk + done, len(chunks) * per_chunk))
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
+                                                    enabled=dtype is not None):
+            sr = tiled_forward(model, x, scale, tile, overlap, step)
+        outputs.append(sr[..., top * scale:(top + h) * scale,
+                          left * scale:(left + w) * scale].float().cpu())
+    sr = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return sr[0] if single else sr
 
 
 # A method upscales a (3, h, w) LR tensor in [0, 1] to (3, h*s, w*s); the output need not
@@ -1574,17 +1728,18 @@ def bicubic_method(scale: int) -> Method:
 
 
 def generator_method(generator: torch.nn.Module, scale: int, device: torch.device,
-                     amp_dtype: Optional[torch.dtype] = None, tile: int = 0) -> Method:
-    """A method running `generator` as test_image.py does (BatchNorm fused, channels_last,
-    optional autocast), optionally in tiles of `tile` LR pixels (0 = whole image)."""
+                     amp_dtype: Optional[torch.dtype] = None, tile: int = None,
+                     overlap: int = TILE_OVERLAP) -> Method:
+    """A method running `generator` through super_resolve, as test_image.py does (BatchNorm
+    fused, channels_last, optional autocast, the same tile policy)."""
     model = inference_model(generator, device)
-    return lambda lr: super_resolve(model, lr, scale, tile, TILE_OVERLAP, amp_dtype)
+    return lambda lr: super_resolve(model, lr, scale, tile, overlap, amp_dtype)
 
 
 # =============================================================================================
 # 9. Command line
-# The flags the inference scripts share, the device --cuda asks for, and argparse types: a bad
-# flag value is one line and exit status 2 before anything runs.
+# The shared flags, one definition each (add_flags), the device --cuda asks for, and argparse
+# types: a bad flag value is one line and exit status 2 before anything runs.
 # =============================================================================================
 
 def device_for(cuda: bool) -> torch.device:
@@ -1595,38 +1750,124 @@ def device_for(cuda: bool) -> torch.device:
     return torch.device('cuda' if cuda else 'cpu')
 
 
-def add_inference_flags(p: argparse.ArgumentParser, what: str = 'image',
-                        default_weight: str = 'weights/srgan_x4.pth') -> None:
-    """--upscale_factor, --weight, --cuda, --out_dir, --tile, --tile_overlap and --amp, for the
-    scripts that run a generator on pictures (`what`: the picture's name in the help;
-    `default_weight`: what --weight defaults to, in words)."""
-    p.add_argument('--upscale_factor', type=int, choices=[2, 4, 8], default=None,
-                   help='super resolution upscale factor (default: the one the weights '
-                        'file records; an explicit value must agree with it)')
-    p.add_argument('--weight', default=None,
-                   help='generator weights file, or a bare generator state_dict '
-                        f'(default: {default_weight})')
-    p.add_argument('--cuda', action='store_true', help='run on the GPU')
-    p.add_argument('--out_dir', default='results', help='output folder (default: results)')
-    p.add_argument('--tile', type=int, default=None,
-                   help=f'tile side in LR pixels; 0 = whole {what} (default: from the {what} '
-                        'size and the device memory)')
-    p.add_argument('--tile_overlap', type=int, default=TILE_OVERLAP,
-                   help=f'LR pixels shared by neighbouring tiles (default {TILE_OVERLAP})')
-    p.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default='auto',
-                   help='autocast: auto = bf16 where the GPU/CPU supports it, else fp32')
+class Default(NamedTuple):
+    """A flag's default whose value does not say it: `text` is what --help shows."""
+    value: object
+    text: str
+
+
+def described(text: str, default) -> str:
+    """A flag's help line: `text` and its default, shown one way everywhere."""
+    shown = default.text if isinstance(default, Default) else default
+    return f'{text} (default: {shown})'
+
+
+def _default(default) -> object:
+    return default.value if isinstance(default, Default) else default
+
+
+class WeightSpec(NamedTuple):
+    """A --weight value: a generator weights file and the label a table gives it."""
+    name: str
+    path: str
+
+
+def weight_spec(text: str) -> WeightSpec:
+    """--weight's type: 'NAME=PATH', or a bare 'PATH' labelled with its file stem (an existing
+    file whose name holds '=' is a PATH)."""
+    name, sep, path = text.partition('=')
+    if sep and name and os.sep not in name and not os.path.exists(text):
+        return WeightSpec(name, path)
+    return WeightSpec(os.path.splitext(os.path.basename(text))[0], text)
+
+
+# The shared flags, one definition each; add_flags picks them by name, a script passes a
+# different default (a value or a Default) where it has a reason to.
+
+def flag_upscale_factor(p: argparse.ArgumentParser,
+                        default=Default(None, 'the one the weights file records; '
+                                              f'{DEFAULT_SCALE} without a weights file')):
+    p.add_argument('--upscale_factor', type=int, choices=sorted(DEFAULT_WEIGHTS),
+                   default=_default(default),
+                   help=described('super-resolution scale; it must agree with the weights '
+                                  'file', default))
+
+
+def flag_weight(p: argparse.ArgumentParser,
+                default=Default(None, 'weights/srgan_x{S}.pth for --upscale_factor S, '
+                                      'weights/srresnet_x{S}.pth where there is no SRGAN file'),
+                repeat: bool = False):
+    """--weight PATH or NAME=PATH (utils.WeightSpec); repeat: several, each a table row, given
+    as --weight A --weight B or --weight A B."""
+    many = dict(nargs='+', action='extend') if repeat else {}
+    p.add_argument('--weight', type=weight_spec, default=_default(default), metavar='[NAME=]PATH',
+                   help=described('generator weights file (train.py\'s, weights/, or a bare '
+                                  'generator state_dict), NAME the label a table gives it'
+                                  + ('; repeatable' if repeat else ''), default), **many)
+
+
+def flag_cuda(p: argparse.ArgumentParser, default=Default(False, 'the CPU')):
+    p.add_argument('--cuda', action='store_true', help=described('run on the GPU', default))
+
+
+def flag_amp(p: argparse.ArgumentParser, default='auto'):
+    p.add_argument('--amp', choices=['auto', 'off', 'bf16', 'fp16'], default=_default(default),
+                   help=described('autocast precision: auto = bf16 where the GPU/CPU has native '
+                                  'bf16, else fp32; off = fp32; fp16 needs --cuda', default))
+
+
+def flag_tile(p: argparse.ArgumentParser, default=Default(None, 'automatic, from the image '
+                                                                'size and the device memory')):
+    """--tile and --tile_overlap."""
+    p.add_argument('--tile', type=number(int, 0), default=_default(default), metavar='N',
+                   help=described('run the generator on N x N LR tiles to bound memory; 0 = '
+                                  'the whole image at once', default))
+    p.add_argument('--tile_overlap', type=number(int, 0), default=TILE_OVERLAP, metavar='N',
+                   help=described('LR pixels neighbouring tiles share', TILE_OVERLAP))
+
+
+def flag_max_megapixels(p: argparse.ArgumentParser, default=MAX_MEGAPIXELS):
+    p.add_argument('--max_megapixels', type=number(float, 0, low_open=True),
+                   default=_default(default), metavar='MP',
+                   help=described('refuse images that would be larger than this at full size '
+                                  '(checked from the file header, before decoding)', default))
+
+
+def flag_out_dir(p: argparse.ArgumentParser, default='results'):
+    p.add_argument('--out_dir', default=_default(default), metavar='DIR',
+                   help=described('output folder', default))
+
+
+FLAGS = {'upscale_factor': flag_upscale_factor, 'weight': flag_weight, 'cuda': flag_cuda,
+         'amp': flag_amp, 'tile': flag_tile, 'max_megapixels': flag_max_megapixels,
+         'out_dir': flag_out_dir}
+
+
+def add_flags(p: argparse.ArgumentParser, *names: str, **defaults) -> None:
+    """Add the shared flags `names` (keys of FLAGS) to `p`; defaults[name] replaces a flag's
+    default (a value, or a Default when the value does not say it)."""
+    for name in names:
+        FLAGS[name](p, **({'default': defaults[name]} if name in defaults else {}))
 
 
 def inference_setup(args: argparse.Namespace) -> tuple:
-    """(device, autocast dtype) from add_inference_flags' flags; UsageError for flags that do
-    not fit together or that this machine cannot honour."""
-    if args.tile is not None and args.tile != 0 and args.tile <= 2 * args.tile_overlap:
-        raise UsageError(f'--tile {args.tile} must be 0 or larger than twice --tile_overlap '
-                         f'({args.tile_overlap})')
-    if args.tile_overlap < 0:
-        raise UsageError('--tile_overlap must not be negative')
+    """(device, autocast dtype) from the --cuda, --amp, --tile and --tile_overlap flags;
+    UsageError for flags that do not fit together or that this machine cannot honour."""
+    tile = getattr(args, 'tile', None)
+    overlap = getattr(args, 'tile_overlap', TILE_OVERLAP)
+    if tile and tile <= 2 * overlap:
+        raise UsageError(f'--tile {tile} must be 0 or larger than twice --tile_overlap '
+                         f'({overlap})')
     device = device_for(args.cuda)
-    return device, autocast_dtype(args.amp, device)
+    return device, autocast_dtype(getattr(args, 'amp', 'off'), device)
+
+
+def generator_from_flags(args: argparse.Namespace, device: torch.device) -> Generator:
+    """The generator --weight names (default_weight(--upscale_factor) without it), loaded for
+    --upscale_factor (None: the file's scale). CheckpointError / CheckpointPathError."""
+    weight = args.weight.path if args.weight else default_weight(
+        args.upscale_factor or DEFAULT_SCALE)
+    return load_generator(weight, args.upscale_factor, device)
 
 
 def number(kind: type, low: float, high: float = math.inf, low_open: bool = False,

@@ -15,6 +15,7 @@ from PIL import Image
 
 import evaluate
 import utils
+from conftest import run_main
 from model import Generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,10 +129,13 @@ def test_bare_weight_path_is_labelled_by_its_stem(folder, weights, capsys):
     assert [r[1] for r in table_rows(capsys.readouterr().out)] == ['Bicubic', 'tiny_x4', 'HR']
 
 
-def test_parse_weight():
-    assert evaluate.parse_weight('SRGAN=w/g.pth') == ('SRGAN', 'w/g.pth')
-    assert evaluate.parse_weight('w/srgan_x4.pth') == ('srgan_x4', 'w/srgan_x4.pth')
-    assert evaluate.parse_weight('runs/lr=1e-4/g.pth') == ('g', 'runs/lr=1e-4/g.pth')
+def test_parse_weight(tmp_path, monkeypatch):
+    assert utils.weight_spec('SRGAN=w/g.pth') == ('SRGAN', 'w/g.pth')
+    assert utils.weight_spec('w/srgan_x4.pth') == ('srgan_x4', 'w/srgan_x4.pth')
+    assert utils.weight_spec('runs/lr=1e-4/g.pth') == ('g', 'runs/lr=1e-4/g.pth')
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'lr=1e-4.pth').write_bytes(b'')  # an existing file is a path, '=' or not
+    assert utils.weight_spec('lr=1e-4.pth') == ('lr=1e-4', 'lr=1e-4.pth')
 
 
 @pytest.mark.parametrize('label', ['Bicubic', 'HR'])
@@ -161,10 +165,10 @@ def test_tiles_give_the_whole_image_result():
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
 
 
-def test_tile_too_small_for_the_overlap_is_refused(folder):
-    with pytest.raises(SystemExit) as err:
-        evaluate.main(['--data', str(folder), '--tile', '32'])
-    assert err.value.code == 2
+def test_tile_too_small_for_the_overlap_is_refused(folder, capsys):
+    rc, _, err = run_main(evaluate.main, ['--data', folder, '--tile', '32'], capsys)
+    assert rc == 2 and err == ('error: --tile 32 must be 0 or larger than twice --tile_overlap '
+                               '(24)\n')
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:

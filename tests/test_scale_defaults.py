@@ -1,5 +1,6 @@
-"""test_image.py picks its default weights by --upscale_factor: srgan_x{S}.pth, else
-srresnet_x{S}.pth with a one-line notice, else a one-line error naming both files."""
+"""The scripts pick their default weights by --upscale_factor (utils.DEFAULT_WEIGHTS,
+utils.default_weight): srgan_x{S}.pth, else srresnet_x{S}.pth with a one-line notice, else a
+one-line error naming both files."""
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,9 @@ def weights_dir(tmp_path, monkeypatch):
     tiny_file(folder, 'srgan_x4.pth', 4)
     tiny_file(folder, 'srresnet_x4.pth', 4)
     tiny_file(folder, 'srresnet_x2.pth', 2)
-    monkeypatch.setattr(test_image, 'DEFAULT_WEIGHT', str(folder / 'srgan_x{scale}.pth'))
-    monkeypatch.setattr(test_image, 'DEFAULT_PSNR_WEIGHT', str(folder / 'srresnet_x{scale}.pth'))
+    for scale in (2, 4, 8):
+        monkeypatch.setitem(utils.DEFAULT_WEIGHTS, scale, {
+            kind: str(folder / f'{kind}_x{scale}.pth') for kind in ('srresnet', 'srgan')})
     return folder
 
 
@@ -45,13 +47,17 @@ def run(argv: list, capsys) -> tuple:
     return rc, out.out, out.err
 
 
-def test_default_weight_per_scale(weights_dir):
-    assert test_image.default_weight(4) == (str(weights_dir / 'srgan_x4.pth'), None)
-    path, notice = test_image.default_weight(2)
-    assert path == str(weights_dir / 'srresnet_x2.pth')
+def test_default_weight_per_scale(weights_dir, capsys):
+    assert utils.default_weight(4) == str(weights_dir / 'srgan_x4.pth')
+    assert utils.default_weight(4, 'srresnet') == str(weights_dir / 'srresnet_x4.pth')
+    assert capsys.readouterr().err == ''
+    assert utils.default_weight(2) == str(weights_dir / 'srresnet_x2.pth')
+    notice = capsys.readouterr().err
     assert notice.startswith('note: no SRGAN weights for x2') and 'srresnet_x2.pth' in notice
-    with pytest.raises(utils.CheckpointError, match='srgan_x8.pth.*srresnet_x8.pth'):
-        test_image.default_weight(8)
+    assert len(notice.splitlines()) == 1
+    with pytest.raises(utils.CheckpointPathError, match='srgan_x8.pth.*srresnet_x8.pth') as e:
+        utils.default_weight(8)
+    assert e.value.exit_status == utils.EXIT_USAGE
 
 
 @pytest.mark.parametrize('argv, scale, notice', [
@@ -92,6 +98,6 @@ def test_explicit_weight_is_not_replaced(weights_dir, photo, tmp_path, capsys):
 @pytest.mark.parametrize('scale', [2, 4, 8])
 def test_shipped_defaults_cover_every_scale(scale):
     """Out of the box, every scale test_image.py accepts has a weights file of that scale."""
-    path, _ = test_image.default_weight(scale)
+    path = utils.default_weight(scale)
     assert Path(path).parent == ROOT / 'weights'
     assert utils.load_generator(path, upscale_factor=scale).upscale_factor == scale

@@ -147,13 +147,26 @@ def test_evaluate_scores_blends_as_rows(files, tmp_path):
     assert blends['G@0.5']['psnr_y'] not in (plain['G']['psnr_y'], plain['R']['psnr_y'])
 
 
-@pytest.mark.parametrize('flags', [['--strength', '2', '--weight_psnr', 'x.pth'],
-                                   ['--strength', '0.5']])
+@pytest.mark.parametrize('flags', [['--weight', 'g.pth', '--strength', '2', '--weight_psnr',
+                                    'x.pth'],
+                                   ['--strength', '0.5']])  # no --weight: nothing to blend
 def test_evaluate_bad_strength_flags_exit_2_with_one_line(files, capsys, flags):
     with pytest.raises(SystemExit) as e:
-        evaluate.main(['--data', files['hr'], '--weight', files['gan'], *flags])
+        evaluate.main(['--data', files['hr'], *flags])
     assert e.value.code == 2
     assert '--strength' in one_error_line(capsys.readouterr().err)
+
+
+def test_evaluate_strength_takes_the_default_srresnet_end(files, tmp_path, monkeypatch):
+    """Without --weight_psnr the SRResNet end is utils.default_weight(scale, 'srresnet')."""
+    monkeypatch.setitem(utils.DEFAULT_WEIGHTS, 4, {'srresnet': str(files['psnr']),
+                                                   'srgan': str(files['gan'])})
+    out = tmp_path / 'default_end.json'
+    assert evaluate.main(['--data', files['hr'], '--weight', f'R={files["psnr"]}',
+                          '--weight', f'G={files["gan"]}', '--strength', '0',
+                          '--json', str(out), '--metrics', 'psnr']) == 0
+    rows = {r['method']: r for r in evaluate.json.loads(out.read_text())}
+    assert rows['G@0']['psnr_y'] == rows['R@0']['psnr_y']  # both are the SRResNet end
 
 
 def test_evaluate_mismatched_ends_are_one_line(files, capsys):

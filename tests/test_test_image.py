@@ -124,7 +124,10 @@ def test_downsample_too_small(weights, tmp_path, capsys):
     rc, _, err = run(['--image', tmp_path / 'small.png', '--weight', weights[4],
                       '--downsample', 'bicubic', '--out_dir', tmp_path / 'res'], capsys)
     assert rc == 1
-    assert f'error: {tmp_path / "small.png"}: 30x18 is too small' in err
+    # the message utils.load_hr_lr gives evaluate.py and validation too
+    assert err == (f'error: {tmp_path / "small.png"}: 28x16 after cropping to a multiple of 4 '
+                   f'is too small to score (needs at least {2 * 4 + utils.SSIM_WINDOW}x'
+                   f'{2 * 4 + utils.SSIM_WINDOW})\n')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +207,7 @@ def test_amp_choice(monkeypatch):
     cpu = torch.device('cpu')
     assert utils.autocast_dtype('off', cpu) is None
     assert utils.autocast_dtype('bf16', cpu) is torch.bfloat16
-    with pytest.raises(ValueError, match='fp16 needs --cuda'):
+    with pytest.raises(utils.UsageError, match='fp16 needs --cuda'):
         utils.autocast_dtype('fp16', cpu)
     monkeypatch.setattr(utils, 'cpu_has_bf16', lambda: True)
     assert utils.autocast_dtype('auto', cpu) is torch.bfloat16
@@ -282,7 +285,7 @@ def test_bad_file_message(weights, tmp_path, capsys, name):
     problems = {**bad_files(tmp_path), 'missing.png': 'file not found'}
     rc, out, err = run(['--image', tmp_path / name, '--weight', weights[2],
                         '--out_dir', tmp_path / 'res'], capsys)
-    assert rc == 1
+    assert rc == (2 if name == 'missing.png' else 1)  # a missing path: the command cannot run
     lines = err.strip().splitlines()  # one image: its one line, no 'N of M failed' summary
     assert len(lines) == 1
     assert lines[0].startswith(f'error: {tmp_path / name}: ') and problems[name] in lines[0]
@@ -346,7 +349,8 @@ def test_not_a_generator_refused(tmp_path, capsys, content, problem):
 
 
 def test_missing_default_weights(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(test_image, 'DEFAULT_WEIGHT', str(tmp_path / 'weights/srgan_x4.pth'))
+    monkeypatch.setitem(utils.DEFAULT_WEIGHTS, 4, {
+        kind: str(tmp_path / f'weights/{kind}_x4.pth') for kind in ('srresnet', 'srgan')})
     Image.fromarray(natural(16, 16)).save(tmp_path / 'p.png')
     rc, _, err = run(['--image', tmp_path / 'p.png'], capsys)
     assert rc == 2  # nothing to run with: the command cannot run as given

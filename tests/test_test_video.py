@@ -242,9 +242,11 @@ def test_video_without_audio(files, tmp_path, capsys):
 
 
 def test_frames_per_pass_is_bounded():
-    assert test_video.frames_per_pass(24, 32, 0, 272) == test_video.MAX_BATCH
-    assert test_video.frames_per_pass(480, 854, 250, 272) == 1
-    assert test_video.frames_per_pass(100, 100, 0, 272) == 7  # 272^2 // 100^2
+    cpu = torch.device('cpu')
+    assert utils.max_tile(4, cpu) == 272
+    assert utils.frames_per_pass(24, 32, 4, cpu, tile=0) == utils.MAX_BATCH
+    assert utils.frames_per_pass(480, 854, 4, cpu, tile=250) == 1
+    assert utils.frames_per_pass(100, 100, 4, cpu, tile=0) == 7  # 272^2 // 100^2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ def test_bad_input_is_one_line(files, tmp_path, capsys, name, make, message):
     make(path)
     out_dir = tmp_path / 'out'
     rc, _, err = run(files, out_dir, capsys, video=path)
-    assert rc == 1
+    assert rc == (2 if name == 'missing.mp4' else 1)  # a missing path: the command cannot run
     assert err.count('\n') == 1 and err.startswith(f'error: {path}: {message}'), err
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
@@ -301,8 +303,8 @@ def test_unwritable_output_is_one_line(files, tmp_path, capsys):
     blocker = tmp_path / 'results'
     blocker.write_text('a file where the output folder should be')
     rc, _, err = run(files, blocker, capsys)
-    assert rc == 1
-    assert err.count('\n') == 1 and 'sr_clip.mp4: cannot write' in err, err
+    assert rc == 2  # checked before the model is built: the command cannot run as given
+    assert err == f'error: --out_dir {blocker}: is a file, not a folder\n', err
     assert blocker.read_text().startswith('a file')
 
 
@@ -319,7 +321,7 @@ def test_interrupted_run_leaves_nothing(files, tmp_path, capsys, monkeypatch):
     """A Ctrl-C in the middle (after the first batch was encoded): no file under the final
     names, no temporary file left behind."""
     long_clip = tmp_path / 'long.mp4'
-    make_video(long_clip, n=test_video.MAX_BATCH + 4)
+    make_video(long_clip, n=utils.MAX_BATCH + 4)
     real, calls = test_video.super_resolve_frames, []
 
     def interrupt_second_batch(*args, **kwargs):
