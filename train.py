@@ -61,7 +61,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ''
-        if ('default' not in text and action.option_strings
+        if ('default:' not in text and action.option_strings
                 and action.default is not argparse.SUPPRESS):
             text += ' (default: %(default)s)'
         return text
@@ -71,16 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=HelpFormatter)
     p.add_argument('--trainset_dir', default='data/DIV2K_train_sub', help='training images')
-    p.add_argument('--validset_dir', default=None, help='validation images (HR); none: skip')
+    p.add_argument('--validset_dir', default=None, help='validation images (HR) (default: none, no validation)')
     p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8],
                    help='super resolution upscale factor')
     p.add_argument('--epochs', type=utils.number(int, 1), default=100, help='training epochs')
-    p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir")
+    p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir (default: none, start "
+                        'afresh)')
     p.add_argument('--mode', default='generator', choices=['adversarial', 'generator'],
                    help="generator: SRResNet, pixel MSE. adversarial: SRGAN; with "
                         "--content_weight 0 this is the paper's SRGAN-MSE variant (no VGG), "
                         'otherwise SRGAN-VGG54 (needs ImageNet VGG19 weights)')
-    p.add_argument('--pretrain', default=None, help='generator weights or checkpoint to start from')
+    p.add_argument('--pretrain', default=None, help='generator weights or checkpoint to start from (default: none, random '
+                        'weights)')
     p.add_argument('--cuda', action='store_true', help='train on the GPU')
     p.add_argument('--dp', action='store_true', help='DataParallel over the visible GPUs')
     p.add_argument('--ddp', action='store_true', help='DistributedDataParallel (torchrun, '
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'at most half the free GPU memory')
     p.add_argument('--lr', type=utils.number(float, 0, low_open=True), default=1e-4,
                    help="the generator's Adam learning rate (and the discriminator's unless "
-                        '--lr_d); with --resume it replaces the checkpoint\'s')
+                        '--lr_d)')
     p.add_argument('--lr_step', type=utils.number(int, 0), default=None,
                    help='divide the learning rates by 10 after this epoch '
                         '(default: half of --epochs; 0: never)')

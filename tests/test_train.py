@@ -6,6 +6,7 @@ import csv
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -531,3 +532,30 @@ def test_tensorboard_missing_warns_and_trains(data, tmp_path, monkeypatch, capsy
                '--tensorboard') == 0
     assert 'warning: --tensorboard needs the tensorboard package' in capsys.readouterr().out
     assert (tmp_path / 'checkpoints' / 'checkpoint_epoch_1.pth').is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# --help
+# ---------------------------------------------------------------------------------------------
+
+def test_help_gives_every_flag_a_line_with_its_default_once(capsys):
+    """Each flag has help text ending in (or saying) its default, exactly once; -h prints
+    them all and exits 0."""
+    parser = train.build_parser()
+    formatter = parser._get_formatter()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != 'help']
+    assert len(flags) > 40
+    for action in flags:
+        text = formatter._expand_help(action)
+        assert action.help, action.dest
+        assert len(re.findall(r'default:', text, re.I)) == 1, (action.dest, text)
+    for flag, default in (('--lr', '0.0001'), ('--seed', '0'), ('--pixel_weight', '1.0'),
+                          ('--adversarial_weight', '0.001'), ('--upscale_factor', '4')):
+        action = next(a for a in flags if flag in a.option_strings)
+        assert formatter._expand_help(action).endswith(f'(default: {default})'), flag
+    with pytest.raises(SystemExit) as e:
+        train.get_args(['-h'])
+    assert e.value.code == 0
+    out = ' '.join(capsys.readouterr().out.split())
+    assert out.count('(default: --lr)') == 1 and 'runs/<mode>_x<scale>)' in out
+    assert len(re.findall(r'default:', out)) == len(flags)
