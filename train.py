@@ -11,7 +11,15 @@ Several GPUs (--batch_size is per process):
     python train.py --ddp --nproc 4 ...                        # spawns the processes itself
     python train.py --lightning --nproc 4 ...                  # Lightning Fabric, strategy ddp
 Resume: add --resume latest (or an epoch number) with the same --out_dir.
+
+The file reads in the paper's order: 1. flags and the Recipe built from them, 2. the losses,
+3. the G step, 4. the D step, 5. validation, 6. checkpoints, 7. the epoch loop (data,
+networks, one epoch, the run). 8. Launching (one device, DataParallel, DDP under torchrun /
+SLURM / self-spawned, Lightning Fabric) comes last: launch(args, run) picks a Runtime, whose
+methods (autocast, backward, wrap, collectives) are all the recipe ever calls.
 """
+from __future__ import annotations
+
 import argparse
 import contextlib
 import copy
@@ -38,21 +46,43 @@ from model import Discriminator, FeatureExtractor, Generator
 HISTORY_FIELDS = ['epoch', 'loss_g', 'loss_pixel', 'loss_content', 'loss_adv', 'loss_d',
                   'd_real', 'd_fake', 'lr_g', 'lr_d', 'psnr_y', 'ssim_y', 'niqe', 'seconds',
                   'images_per_s']
+# history.csv columns written with every digit (repr), so that they equal evaluate.py's
+# scores of the same weights; the others with 6 significant digits
+EXACT_FIELDS = ('psnr_y', 'ssim_y', 'niqe')
 
 
-def get_args(argv=None) -> argparse.Namespace:
+# =============================================================================================
+# 1. Flags, and the Recipe the steps take
+# =============================================================================================
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, once: appended unless the help already says
+    what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if ('default:' not in text and action.option_strings
+                and action.default is not argparse.SUPPRESS):
+            text += ' (default: %(default)s)'
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument('--trainset_dir', default='data/DIV2K_train_sub', help='training images')
-    p.add_argument('--validset_dir', default=None, help='validation images (HR); none: skip')
-    p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8])
+    p.add_argument('--validset_dir', default=None, help='validation images (HR) (default: none, no validation)')
+    p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8],
+                   help='super resolution upscale factor')
     p.add_argument('--epochs', type=utils.number(int, 1), default=100, help='training epochs')
-    p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir")
+    p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir (default: none, start "
+                        'afresh)')
     p.add_argument('--mode', default='generator', choices=['adversarial', 'generator'],
                    help="generator: SRResNet, pixel MSE. adversarial: SRGAN; with "
                         "--content_weight 0 this is the paper's SRGAN-MSE variant (no VGG), "
                         'otherwise SRGAN-VGG54 (needs ImageNet VGG19 weights)')
-    p.add_argument('--pretrain', default=None, help='generator weights or checkpoint to start from')
+    p.add_argument('--pretrain', default=None, help='generator weights or checkpoint to start from (default: none, random '
+                        'weights)')
     p.add_argument('--cuda', action='store_true', help='train on the GPU')
     p.add_argument('--dp', action='store_true', help='DataParallel over the visible GPUs')
     p.add_argument('--ddp', action='store_true', help='DistributedDataParallel (torchrun, '
@@ -67,7 +97,7 @@ def get_args(argv=None) -> argparse.Namespace:
                    help='seconds a collective may wait for a lost rank before the job fails')
     p.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under DDP')
     p.add_argument('--lightning', action='store_true', help='train through Lightning Fabric')
-    p.add_argument('--out_dir', default=None, help='default: runs/<mode>_x<scale>')
+    p.add_argument('--out_dir', default=None, help='output folder (default: runs/<mode>_x<scale>)')
     p.add_argument('--batch_size', type=utils.number(int, 1), default=16,
                    help='per process under DDP')
     p.add_argument('--crop_size', type=utils.number(int, 1), default=96, help='HR crop size')
@@ -80,7 +110,9 @@ def get_args(argv=None) -> argparse.Namespace:
                         'device from images decoded once and kept there, instead of in '
                         'DataLoader workers; auto: on with --cuda --cache when the images take '
                         'at most half the free GPU memory')
-    p.add_argument('--lr', type=utils.number(float, 0, low_open=True), default=1e-4)
+    p.add_argument('--lr', type=utils.number(float, 0, low_open=True), default=1e-4,
+                   help="the generator's Adam learning rate (and the discriminator's unless "
+                        '--lr_d)')
     p.add_argument('--lr_step', type=utils.number(int, 0), default=None,
                    help='divide the learning rates by 10 after this epoch '
                         '(default: half of --epochs; 0: never)')
@@ -91,10 +123,12 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--vgg_weights', default='imagenet',
                    help="'imagenet' (torchvision download), a local VGG19 .pth, or 'random' "
                         '(smoke tests only)')
-    p.add_argument('--pixel_weight', type=utils.number(float, 0), default=1.0)
+    p.add_argument('--pixel_weight', type=utils.number(float, 0), default=1.0,
+                   help='pixel MSE weight in the adversarial generator loss')
     p.add_argument('--content_weight', type=utils.number(float, 0), default=0.006,
-                   help='VGG54 feature MSE')
-    p.add_argument('--adversarial_weight', type=utils.number(float, 0), default=1e-3)
+                   help='VGG54 feature MSE weight (0: SRGAN-MSE, no VGG)')
+    p.add_argument('--adversarial_weight', type=utils.number(float, 0), default=1e-3,
+                   help="adversarial loss weight in the generator loss (the paper's 1e-3)")
     p.add_argument('--gan_loss', default='vanilla', choices=['vanilla', 'ragan'],
                    help="vanilla: the paper's BCE on D's logits; ragan: relativistic average "
                         "GAN (ESRGAN), each logit taken relative to the other side's mean")
@@ -114,7 +148,8 @@ def get_args(argv=None) -> argparse.Namespace:
                    help='autocast precision; auto: bf16 where the device supports it')
     p.add_argument('--ema', type=utils.number(float, 0, 1, high_open=True), default=0.0,
                    help='generator EMA decay (e.g. 0.999); 0 = off')
-    p.add_argument('--seed', type=utils.number(int, 0), default=0)
+    p.add_argument('--seed', type=utils.number(int, 0), default=0,
+                   help='seed of the initial weights and of the data order and crops')
     p.add_argument('--iters_per_epoch', type=utils.number(int, 1), default=None,
                    help='iterations per epoch (default: one pass over the data)')
     p.add_argument('--keep', type=utils.number(int, 0), default=3,
@@ -129,6 +164,11 @@ def get_args(argv=None) -> argparse.Namespace:
                         'the previous one, so the host never waits for the device)')
     p.add_argument('--time_limit', type=utils.number(float, 0), default=0,
                    help='minutes; stop cleanly after the epoch in which this passes (0: none)')
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.out_dir is None:
         args.out_dir = os.path.join('runs', f'{args.mode}_x{args.upscale_factor}')
@@ -139,6 +179,27 @@ def get_args(argv=None) -> argparse.Namespace:
     if args.crop_size % args.upscale_factor:
         p.error(f'--crop_size {args.crop_size} is not a multiple of --upscale_factor')
     return args
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a training step computes, fixed for the run and built once from the flags
+    (Recipe.from_args); the checkpoint keeps the flags themselves ('args'), from which it is
+    rebuilt. The field names are the flags'."""
+    mode: str                  # 'generator' (SRResNet, pixel MSE) or 'adversarial' (SRGAN)
+    upscale_factor: int
+    pixel_weight: float = 1.0
+    content_weight: float = 0.006
+    adversarial_weight: float = 1e-3
+    gan_loss: str = 'vanilla'  # 'vanilla' or 'ragan'
+    compile_mode: Optional[str] = None  # torch.compile's mode, None when not compiling
+
+    @classmethod
+    def from_args(cls, args) -> 'Recipe':
+        return cls(mode=args.mode, upscale_factor=args.upscale_factor,
+                   pixel_weight=args.pixel_weight, content_weight=args.content_weight,
+                   adversarial_weight=args.adversarial_weight, gan_loss=args.gan_loss,
+                   compile_mode=args.compile_mode if args.compile else None)
 
 
 class TrainingError(Exception):
@@ -167,192 +228,188 @@ def setup_problem(args) -> str:
     return utils.output_problem(args.out_dir, folder=True) or ''
 
 
-# ---------------------------------------------------------------------------------------------
-# Devices, processes and precision
-# ---------------------------------------------------------------------------------------------
 
-def first_slurm_host(nodelist: str) -> str:
-    """First host of a SLURM nodelist such as 'gpu[03-05,9],cpu1' -> 'gpu03'."""
+# =============================================================================================
+# 2. The losses
+# =============================================================================================
+
+def _bce(logit: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
+
+
+def d_loss(gan_loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss from D's logits on HR (`real`) and detached SR (`fake`).
+    vanilla: -log D(hr) - log(1 - D(sr)). ragan (ESRGAN): the same on the relativistic logits
+    real - mean(fake) and fake - mean(real)."""
+    if gan_loss == 'ragan':
+        real, fake = real - fake.mean(), fake - real.mean()
+    return _bce(real, 1.0) + _bce(fake, 0.0)
+
+
+def g_adversarial_loss(gan_loss: str, fake: torch.Tensor, real: torch.Tensor = None
+                       ) -> torch.Tensor:
+    """Generator's adversarial loss from D's logits on SR (`fake`, with gradient) and, for
+    ragan, on HR (`real`, a constant). vanilla: -log D(sr). ragan: the mean of both
+    relativistic terms with the labels swapped, so that its scale matches vanilla's."""
+    if gan_loss == 'ragan':
+        return (_bce(real - fake.mean(), 0.0) + _bce(fake - real.mean(), 1.0)) / 2
+    return _bce(fake, 1.0)
+
+
+
+# =============================================================================================
+# 3. The G step: pixel MSE (SRResNet); + VGG54 content + adversarial (SRGAN)
+# =============================================================================================
+
+def g_step(recipe: Recipe, rt: Runtime, s: TrainState, sr: torch.Tensor,
+           hr_img: torch.Tensor) -> dict:
+    """Update G from SR = G(LR) (with its graph) and HR; returns the losses as device tensors.
+    generator mode: pixel MSE. adversarial: pixel MSE + content (VGG54) MSE + adversarial
+    (-log D(G(LR))), with D frozen (no gradient for its weights) and called outside DDP (no
+    gradient sync for it)."""
+    if recipe.mode == 'generator':
+        loss = F.mse_loss(sr.float(), hr_img)
+        rt.backward(loss, s.opt_g, s.scaler_g)
+        return {'loss_g': loss.detach(), 'loss_pixel': loss.detach()}
+    d_net = utils.unwrap(s.D)
+    d_net.requires_grad_(False)
+    with rt.autocast():
+        gen_logit = s.D_g(sr).float()
+        # RaGAN's G loss also needs how the updated D sees HR, as a constant
+        real_now = s.D_g(hr_img).float().detach() if recipe.gan_loss == 'ragan' else None
+        loss_content = torch.zeros((), device=rt.device)
+        if s.vgg is not None and recipe.content_weight > 0:
+            loss_content = F.mse_loss(s.vgg(sr).float(), s.vgg(hr_img).float())
+    d_net.requires_grad_(True)
+    loss_pixel = F.mse_loss(sr.float(), hr_img)
+    loss_adv = g_adversarial_loss(recipe.gan_loss, gen_logit, real_now)
+    loss_g = (recipe.pixel_weight * loss_pixel + recipe.content_weight * loss_content
+              + recipe.adversarial_weight * loss_adv)
+    rt.backward(loss_g, s.opt_g, s.scaler_g)
+    return {'loss_g': loss_g.detach(), 'loss_pixel': loss_pixel.detach(),
+            'loss_content': loss_content.detach(), 'loss_adv': loss_adv.detach()}
+
+
+# =============================================================================================
+# 4. The D step, and one training iteration (D first, then G, as in the paper's Algorithm)
+# =============================================================================================
+
+def d_step(recipe: Recipe, rt: Runtime, s: TrainState, sr: torch.Tensor,
+           hr_img: torch.Tensor) -> dict:
+    """Update D: maximise log D(HR) + log(1 - D(G(LR))) (RaGAN: on relativistic logits), on a
+    detached SR; returns its loss and mean probabilities as device tensors."""
+    with rt.autocast():
+        real_logit = s.D(hr_img).float()
+        fake_logit = s.D(sr.detach()).float()
+    loss_d = d_loss(recipe.gan_loss, real_logit, fake_logit)
+    rt.backward(loss_d, s.opt_d, s.scaler_d)
+    return {'loss_d': loss_d.detach(), 'd_real': torch.sigmoid(real_logit).mean().detach(),
+            'd_fake': torch.sigmoid(fake_logit).mean().detach()}
+
+
+def train_step(recipe: Recipe, rt: Runtime, s: TrainState, lr_img: torch.Tensor,
+               hr_img: torch.Tensor) -> dict:
+    """One iteration on a batch of LR images and their HR originals: SR = G(LR), the D step
+    (adversarial mode), then the G step; returns the losses as device tensors (no host
+    sync)."""
+    if recipe.compile_mode == 'reduce-overhead':
+        # a new step: the CUDA graphs may reuse the memory of the last step's outputs
+        torch.compiler.cudagraph_mark_step_begin()
+    with rt.autocast():
+        sr = s.G(lr_img)
+    d_losses = d_step(recipe, rt, s, sr, hr_img) if recipe.mode == 'adversarial' else {}
+    return {**g_step(recipe, rt, s, sr, hr_img), **d_losses}
+
+
+# =============================================================================================
+# 5. Validation: the one inference path (utils.super_resolve, float32) and utils' metrics,
+# as evaluate.py scores a weights file
+# =============================================================================================
+
+@torch.inference_mode()
+def validate(generator: nn.Module, dataset, scale: int, device: torch.device, out: str,
+             niqe: bool = False, num_samples: int = 3, tb=None, epoch: int = 0,
+             log=print) -> dict:
+    """Mean PSNR-Y / SSIM-Y (and NIQE) of `generator` over `dataset` (a utils.ValidSet),
+    equal to evaluate.py's for the same weights: BatchNorm folded, whole images, float32 (no
+    TF32 in cuDNN either). Saves the first `num_samples` SR/bicubic/HR images into `out` (and
+    logs the SR ones to TensorBoard when `tb` is a SummaryWriter)."""
+    model = utils.inference_model(generator, device)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    psnrs, ssims, niqes = [], [], []
     try:
-        out = subprocess.run(['scontrol', 'show', 'hostnames', nodelist], capture_output=True,
-                             text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.split()[0]
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    # no scontrol (a container, a test): the first comma-separated entry (commas inside
-    # brackets do not separate hosts), each [range list] replaced by its first number
-    m = re.match(r'(?:[^,\[]|\[[^\]]*\])+', nodelist.strip())
-    if not m:
-        raise TrainingError(f'SLURM_JOB_NODELIST {nodelist!r}: no host name in it')
-    return re.sub(r'\[([^\]]*)\]', lambda r: re.split(r'[,-]', r.group(1))[0], m.group(0))
+        for i in range(len(dataset)):
+            try:
+                lr_img, hr_img, name = dataset[i]
+            except utils.ImageError as e:
+                log(f'warning: {e}; skipped')
+                continue
+            sr = utils.super_resolve(model, lr_img, scale, tile=0, overlap=utils.TILE_OVERLAP)
+            psnrs.append(utils.psnr(sr, hr_img, scale))
+            ssims.append(utils.ssim(sr, hr_img, scale))
+            if niqe:
+                niqes.append(validation_niqe(sr, scale))
+            if i < num_samples:
+                stem = os.path.splitext(name)[0]
+                sr = sr.clamp(0, 1)
+                utils.save_image(sr, os.path.join(out, f'{stem}_sr.png'))
+                utils.save_image(utils.imresize(lr_img, scale).clamp(0, 1),
+                                 os.path.join(out, f'{stem}_bicubic.png'))
+                utils.save_image(hr_img, os.path.join(out, f'{stem}_hr.png'))
+                if tb is not None:
+                    tb.add_image(f'valid/{stem}', sr, epoch)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    if not psnrs:
+        return {}
+    finite = [p for p in psnrs if math.isfinite(p)] or [100.0]
+    scores = {'psnr_y': sum(finite) / len(finite), 'ssim_y': sum(ssims) / len(ssims)}
+    if niqes:
+        finite = [n for n in niqes if math.isfinite(n)]
+        scores['niqe'] = sum(finite) / len(finite) if finite else math.nan
+    return scores
 
 
-def launch_env() -> dict:
-    """Rank, world size and local rank from torchrun or SLURM; {} when neither launched us."""
-    env = os.environ
-    if 'RANK' in env and 'WORLD_SIZE' in env:
-        return {'rank': int(env['RANK']), 'world_size': int(env['WORLD_SIZE']),
-                'local_rank': int(env.get('LOCAL_RANK', 0)), 'launcher': 'torchrun'}
-    if 'SLURM_PROCID' in env and int(env.get('SLURM_NTASKS', '1')) > 1:
-        env.setdefault('MASTER_ADDR', first_slurm_host(env.get('SLURM_JOB_NODELIST', '127.0.0.1')))
-        # a port derived from the job id, so two jobs sharing a node do not collide
-        env.setdefault('MASTER_PORT', str(20000 + int(env.get('SLURM_JOB_ID', '0')) % 20000))
-        return {'rank': int(env['SLURM_PROCID']), 'world_size': int(env['SLURM_NTASKS']),
-                'local_rank': int(env.get('SLURM_LOCALID', 0)), 'launcher': 'slurm'}
-    return {}
+def validation_niqe(sr: torch.Tensor, scale: int) -> float:
+    """NIQE of a validation output as evaluate.py scores it (border of `scale` cropped); nan
+    for an image too small for NIQE's two 96 px blocks."""
+    try:
+        return utils.niqe(sr, crop_border=scale)
+    except ValueError:
+        return math.nan
 
 
-class Runtime:
-    """Where this process trains: device, rank, world size, precision, and the Lightning
-    Fabric when it drives the run (which then owns the device, backward and autocast)."""
+def best_epoch(history: list, metric: str, margin: float):
+    """The epoch best.pth holds after the validated rows of `history`, decided row by row as
+    training goes (best.pth is only ever written from the epoch just validated).
 
-    def __init__(self, args, rank=0, world_size=1, local_rank=0, fabric=None):
-        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
-        self.distributed = world_size > 1
-        self.master = rank == 0
-        self.fabric = fabric
-        if fabric is not None:
-            self.device = fabric.device
-        elif utils.device_for(args.cuda).type == 'cuda':
-            self.device = torch.device('cuda', local_rank)
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = torch.device('cpu')
-        self.amp_dtype = utils.autocast_dtype(args.amp, self.device)
+    psnr: the highest PSNR-Y. niqe: a validated epoch replaces the best when its PSNR-Y is
+    within `margin` dB of the highest so far and its NIQE is lower, or when the best has
+    fallen more than `margin` behind (the new epoch, which raised the highest, then takes
+    over). Without NIQE scores (nan: images too small) it is the highest PSNR-Y."""
+    def niqe(row: dict) -> float:
+        return row['niqe'] if math.isfinite(row.get('niqe', math.nan)) else math.inf
 
-    def autocast(self):
-        if self.fabric is not None:  # Fabric's precision plugin (the same dtype, from --amp)
-            return self.fabric.autocast()
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def log(self, *msg):
-        if self.master:
-            print(*msg, flush=True)
+    best, top = None, -math.inf
+    for row in (r for r in history if 'psnr_y' in r):
+        top = max(top, row['psnr_y'])
+        if best is None or (metric == 'psnr' and row['psnr_y'] > best['psnr_y']):
+            best = row
+        elif metric == 'niqe':
+            if best['psnr_y'] < top - margin:
+                best = row
+            elif row['psnr_y'] >= top - margin and (
+                    niqe(row) < niqe(best)
+                    or niqe(row) == niqe(best) == math.inf and row['psnr_y'] > best['psnr_y']):
+                best = row
+    return None if best is None else best['epoch']
 
 
-def check_setup(args, rt: Runtime) -> None:
-    """setup_problem on rank 0, its verdict sent to every rank: all stop, or none."""
-    problem = setup_problem(args) if rt.master else ''
-    if rt.distributed:
-        verdict = [problem]
-        dist.broadcast_object_list(verdict, src=0)
-        problem = verdict[0]
-    if problem:
-        raise SetupError(problem if rt.master else '')
 
-
-def init_distributed(args, rank: int, world_size: int, local_rank: int) -> Runtime:
-    rt = Runtime(args, rank, world_size, local_rank)
-    backend = args.backend
-    if backend == 'auto':
-        backend = 'nccl' if rt.device.type == 'cuda' else 'gloo'
-    kwargs = {'device_id': rt.device} if backend == 'nccl' else {}
-    dist.init_process_group(backend, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=args.dist_timeout), **kwargs)
-    return rt
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Indices for one epoch of `num_samples` per rank: fresh permutations of the dataset
-    (seeded by seed and epoch) concatenated as needed, ranks taking disjoint slices.
-    Works for one process and DDP alike, and needs no RNG state to resume."""
-
-    def __init__(self, n: int, num_samples: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0):
-        self.n, self.num_samples = n, num_samples
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        total = self.num_samples * self.world_size
-        perms = [torch.randperm(self.n, generator=g) for _ in range(math.ceil(total / self.n))]
-        idx = torch.cat(perms)[:total]
-        return iter(idx[self.rank::self.world_size].tolist())
-
-
-def data_seed(seed: int, epoch: int, rank: int) -> int:
-    """The data RNG's seed for one epoch on one rank: an epoch's crops depend only on (seed,
-    epoch, rank), so resuming is exact, and ranks crop differently."""
-    return seed * 1000003 + epoch * 1009 + rank
-
-
-def wants_device_batches(mode: str, device_type: str, cache: bool, fits: bool) -> bool:
-    """Whether --device_batches `mode` cuts the batches on the device: 'on' always (it fails
-    when the images do not fit), 'auto' with --cuda --cache when they fit."""
-    if mode == 'auto':
-        return device_type == 'cuda' and cache and fits
-    return mode == 'on'
-
-
-def free_device_memory(device: torch.device):
-    """Bytes free on a CUDA device; None on the CPU (the host cache is already in memory)."""
-    return torch.cuda.mem_get_info(device)[0] if device.type == 'cuda' else None
-
-
-def device_crops(args, rt: Runtime, dataset):
-    """utils.DeviceCrops holding the decoded training images on the device, or None where
-    --device_batches leaves the batches to the DataLoader. The images may take half the free
-    device memory; the networks and their activations need the rest."""
-    if not wants_device_batches(args.device_batches, rt.device.type, args.cache, True):
-        return None
-    need, free = utils.DeviceCrops.nbytes(dataset), free_device_memory(rt.device)
-    fits = free is None or need <= free // 2
-    if args.device_batches == 'on' and not fits:
-        raise TrainingError(f'--device_batches on: the {len(dataset)} training images take '
-                            f'{need / 1e6:.0f} MB, more than half of the {free / 1e6:.0f} MB '
-                            f'free on {rt.device}; use --device_batches off')
-    if not wants_device_batches(args.device_batches, rt.device.type, args.cache, fits):
-        if args.device_batches == 'auto' and args.cache and rt.device.type == 'cuda':
-            rt.log(f'warning: the training images take {need / 1e6:.0f} MB, more than half of '
-                   f'the {free / 1e6:.0f} MB free on {rt.device}; batches come from the '
-                   'DataLoader')
-        return None
-    crops = utils.DeviceCrops(dataset, rt.device)
-    dataset.cache = None  # crops holds the images now; free the first copy
-    return crops
-
-
-def make_train_data(args, rt: Runtime) -> tuple:
-    """(dataset, sampler, iterations per epoch) for this process; the images decoded up front
-    with --cache and for --device_batches."""
-    on_device = wants_device_batches(args.device_batches, rt.device.type, args.cache, True)
-    dataset = utils.TrainSet(args.trainset_dir, args.upscale_factor, args.crop_size,
-                             augment=True, cache=args.cache or on_device)
-    per_rank = len(dataset) // rt.world_size
-    iters = args.iters_per_epoch or max(1, per_rank // args.batch_size)
-    sampler = EpochSampler(len(dataset), iters * args.batch_size, rt.rank, rt.world_size,
-                           args.seed)
-    return dataset, sampler, iters
-
-
-def epoch_loader(args, rt: Runtime, dataset, sampler, crops=None, epoch: int = 0):
-    """This epoch's batches, made after run() reseeds the data RNG: cut on the device by
-    `crops`, from its generator seeded here, or from a DataLoader whose workers do not outlive
-    the epoch. Either way an epoch's crops depend only on (seed, epoch, rank), so resuming is
-    exact with any worker count."""
-    if crops is not None:
-        crops.generator.manual_seed(data_seed(args.seed, epoch, rt.rank))
-        return crops.batches(list(sampler), args.batch_size)
-    return utils.make_loader(dataset, args.batch_size, args.workers, sampler=sampler,
-                             device_type=rt.device.type, persistent_workers=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Models, optimizers, EMA
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# 6. Checkpoints: what training updates (TrainState), written and read back whole
+# =============================================================================================
 
 class EMA:
     """Exponential moving average of the generator: ema = d * ema + (1 - d) * param."""
@@ -370,16 +427,6 @@ class EMA:
             b_ema.copy_(b)
 
 
-def load_pretrained(args, generator: Generator) -> None:
-    """Copy generator weights from --pretrain (weights file or checkpoint) into `generator`."""
-    try:
-        g = utils.load_generator(args.pretrain, upscale_factor=args.upscale_factor)
-    except utils.CheckpointError as e:
-        raise TrainingError(f'--pretrain {e}') from None
-    if g.config != generator.config:
-        raise TrainingError(f'--pretrain {args.pretrain}: generator {g.config} does not match '
-                            f'this run ({generator.config}); set --num_blocks to match')
-    generator.load_state_dict(g.state_dict())
 
 
 @dataclass
@@ -459,74 +506,6 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
     groups = [{**saved, **mine} for saved, mine in zip(state['param_groups'], own)]
     opt.load_state_dict({**state, 'param_groups': groups})
 
-
-def build(args, rt: Runtime) -> TrainState:
-    """Networks, optimizers, schedulers and scalers, on the device (wrap() wraps them)."""
-    torch.manual_seed(args.seed)  # same initial weights on every rank
-    cl = torch.channels_last
-    G = Generator(args.upscale_factor, args.num_blocks).to(rt.device, memory_format=cl)
-    if args.pretrain:
-        load_pretrained(args, G)
-    elif args.mode == 'adversarial':
-        rt.log('warning: adversarial training without --pretrain starts from a random '
-               'generator; the paper starts from a trained SRResNet')
-    milestones = [args.lr_step] if args.lr_step else []
-    fp16 = rt.amp_dtype == torch.float16
-
-    def optimizer_side(net: nn.Module, lr: float) -> tuple:
-        opt = torch.optim.Adam(net.parameters(), lr, betas=(0.9, 0.999),
-                               **adam_options(rt.device))
-        return (opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1),
-                torch.amp.GradScaler(rt.device.type, enabled=fp16))
-
-    s = TrainState(G, *optimizer_side(G, args.lr), ema=EMA(G, args.ema) if args.ema > 0 else None)
-    if args.mode == 'adversarial':
-        s.D = Discriminator(spectral_norm=args.spectral_norm).to(rt.device, memory_format=cl)
-        s.opt_d, s.sched_d, s.scaler_d = optimizer_side(s.D, args.lr if args.lr_d is None
-                                                        else args.lr_d)
-        s.D_g = s.D
-        if args.content_weight > 0:
-            try:
-                s.vgg = FeatureExtractor(args.vgg_weights).to(rt.device, memory_format=cl)
-            except RuntimeError as e:
-                # weights that cannot be had here (offline, no such file): the command cannot
-                # run as given; a file that is not VGG19 weights: a failed input
-                missing = args.vgg_weights == 'imagenet' or not os.path.isfile(args.vgg_weights)
-                raise (SetupError if missing else TrainingError)(str(e)) from None
-    return s
-
-
-def wrap(args, rt: Runtime, s: TrainState) -> None:
-    """DataParallel / DistributedDataParallel / Fabric / torch.compile around the networks."""
-    nets = ['G', 'D'] if s.D is not None else ['G']
-    if args.sync_bn and rt.distributed:  # DDP and Fabric alike; same Parameter objects
-        for k in nets:
-            setattr(s, k, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(s, k)))
-    s.D_g = s.D
-    if rt.fabric is not None:
-        for k, o in (('G', 'opt_g'), ('D', 'opt_d'))[:len(nets)]:
-            net, opt = rt.fabric.setup(getattr(s, k), getattr(s, o), move_to_device=False)
-            setattr(s, k, net)
-            setattr(s, o, opt)
-    elif args.dp:
-        if rt.device.type == 'cuda' and torch.cuda.device_count() >= 2:
-            for k in nets:
-                setattr(s, k, nn.DataParallel(getattr(s, k)))
-            s.D_g = s.D
-        else:
-            rt.log('warning: --dp needs at least two GPUs; training on one device')
-    elif rt.distributed:
-        for k in nets:
-            ids = [rt.device.index] if rt.device.type == 'cuda' else None
-            setattr(s, k, nn.parallel.DistributedDataParallel(getattr(s, k), device_ids=ids))
-    if args.compile:
-        for k in nets + [k for k in ('D_g', 'vgg') if getattr(s, k) is not None]:
-            setattr(s, k, torch.compile(getattr(s, k), mode=args.compile_mode))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
 
 def checkpoint_path(args, epoch: int) -> str:
     return os.path.join(args.out_dir, 'checkpoints', f'checkpoint_epoch_{epoch}.pth')
@@ -635,87 +614,175 @@ def variant(args) -> str:
     return f'{name} ({", ".join(recipe)})' if recipe else name
 
 
-# ---------------------------------------------------------------------------------------------
-# Training and validation
-# ---------------------------------------------------------------------------------------------
-
-def backward(rt: Runtime, loss: torch.Tensor, opt, scaler) -> None:
-    opt.zero_grad(set_to_none=True)
-    if rt.fabric is not None:
-        rt.fabric.backward(loss)
-        opt.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
+def write_history(args, history: list) -> None:
+    """history.csv rewritten whole from the run's history, atomically: after a resume (even from
+    an older epoch, or after a kill between this and the checkpoint) no epoch appears twice."""
+    def write(tmp: str) -> None:
+        with open(tmp, 'w', newline='') as f:
+            w = csv.DictWriter(f, HISTORY_FIELDS, extrasaction='ignore')
+            w.writeheader()
+            for row in history:
+                w.writerow({k: (v if not isinstance(v, float) else repr(v)
+                                if k in EXACT_FIELDS else f'{v:.6g}') for k, v in row.items()})
+    utils.atomic_write(os.path.join(args.out_dir, 'history.csv'), write)
 
 
-def _bce(logit: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
+
+# =============================================================================================
+# 7. The epoch loop: data, networks, one epoch, the run
+# =============================================================================================
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices for one epoch of `num_samples` per rank: fresh permutations of the dataset
+    (seeded by seed and epoch) concatenated as needed, ranks taking disjoint slices.
+    Works for one process and DDP alike, and needs no RNG state to resume."""
+
+    def __init__(self, n: int, num_samples: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0):
+        self.n, self.num_samples = n, num_samples
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        total = self.num_samples * self.world_size
+        perms = [torch.randperm(self.n, generator=g) for _ in range(math.ceil(total / self.n))]
+        idx = torch.cat(perms)[:total]
+        return iter(idx[self.rank::self.world_size].tolist())
 
 
-def d_loss(gan_loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """Discriminator loss from D's logits on HR (`real`) and detached SR (`fake`).
-    vanilla: -log D(hr) - log(1 - D(sr)). ragan (ESRGAN): the same on the relativistic logits
-    real - mean(fake) and fake - mean(real)."""
-    if gan_loss == 'ragan':
-        real, fake = real - fake.mean(), fake - real.mean()
-    return _bce(real, 1.0) + _bce(fake, 0.0)
+def data_seed(seed: int, epoch: int, rank: int) -> int:
+    """The data RNG's seed for one epoch on one rank: an epoch's crops depend only on (seed,
+    epoch, rank), so resuming is exact, and ranks crop differently."""
+    return seed * 1000003 + epoch * 1009 + rank
 
 
-def g_adversarial_loss(gan_loss: str, fake: torch.Tensor, real: torch.Tensor = None
-                       ) -> torch.Tensor:
-    """Generator's adversarial loss from D's logits on SR (`fake`, with gradient) and, for
-    ragan, on HR (`real`, a constant). vanilla: -log D(sr). ragan: the mean of both
-    relativistic terms with the labels swapped, so that its scale matches vanilla's."""
-    if gan_loss == 'ragan':
-        return (_bce(real - fake.mean(), 0.0) + _bce(fake - real.mean(), 1.0)) / 2
-    return _bce(fake, 1.0)
+def wants_device_batches(mode: str, device_type: str, cache: bool, fits: bool) -> bool:
+    """Whether --device_batches `mode` cuts the batches on the device: 'on' always (it fails
+    when the images do not fit), 'auto' with --cuda --cache when they fit."""
+    if mode == 'auto':
+        return device_type == 'cuda' and cache and fits
+    return mode == 'on'
 
 
-def train_step(args, rt: Runtime, s: TrainState, lr_img: torch.Tensor,
-               hr_img: torch.Tensor) -> dict:
-    """One iteration on a batch of LR images and their HR originals; returns the losses as
-    device tensors (no host sync)."""
-    if args.compile and args.compile_mode == 'reduce-overhead':
-        # a new step: the CUDA graphs may reuse the memory of the last step's outputs
-        torch.compiler.cudagraph_mark_step_begin()
-    with rt.autocast():
-        sr = s.G(lr_img)
-    if args.mode == 'generator':
-        loss = F.mse_loss(sr.float(), hr_img)
-        backward(rt, loss, s.opt_g, s.scaler_g)
-        return {'loss_g': loss.detach(), 'loss_pixel': loss.detach()}
+def free_device_memory(device: torch.device):
+    """Bytes free on a CUDA device; None on the CPU (the host cache is already in memory)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == 'cuda' else None
 
-    # (1) Discriminator: maximise log D(HR) + log(1 - D(G(LR))) (RaGAN: on relativistic
-    # logits), on a detached SR
-    with rt.autocast():
-        real_logit = s.D(hr_img).float()
-        fake_logit = s.D(sr.detach()).float()
-    loss_d = d_loss(args.gan_loss, real_logit, fake_logit)
-    backward(rt, loss_d, s.opt_d, s.scaler_d)
 
-    # (2) Generator: minimise pixel MSE + content (VGG54) MSE + adversarial (-log D(G(LR))).
-    # D is frozen here (no gradient for its weights) and called outside DDP (no sync for it).
-    d_net = utils.unwrap(s.D)
-    d_net.requires_grad_(False)
-    with rt.autocast():
-        gen_logit = s.D_g(sr).float()
-        # RaGAN's G loss also needs how the updated D sees HR, as a constant
-        real_now = s.D_g(hr_img).float().detach() if args.gan_loss == 'ragan' else None
-        loss_content = torch.zeros((), device=rt.device)
-        if s.vgg is not None and args.content_weight > 0:
-            loss_content = F.mse_loss(s.vgg(sr).float(), s.vgg(hr_img).float())
-    d_net.requires_grad_(True)
-    loss_pixel = F.mse_loss(sr.float(), hr_img)
-    loss_adv = g_adversarial_loss(args.gan_loss, gen_logit, real_now)
-    loss_g = (args.pixel_weight * loss_pixel + args.content_weight * loss_content
-              + args.adversarial_weight * loss_adv)
-    backward(rt, loss_g, s.opt_g, s.scaler_g)
-    return {'loss_g': loss_g.detach(), 'loss_pixel': loss_pixel.detach(),
-            'loss_content': loss_content.detach(), 'loss_adv': loss_adv.detach(),
-            'loss_d': loss_d.detach(), 'd_real': torch.sigmoid(real_logit).mean().detach(),
-            'd_fake': torch.sigmoid(fake_logit).mean().detach()}
+def device_crops(args, rt: Runtime, dataset):
+    """utils.DeviceCrops holding the decoded training images on the device, or None where
+    --device_batches leaves the batches to the DataLoader. The images may take half the free
+    device memory; the networks and their activations need the rest."""
+    if not wants_device_batches(args.device_batches, rt.device.type, args.cache, True):
+        return None
+    need, free = utils.DeviceCrops.nbytes(dataset), free_device_memory(rt.device)
+    fits = free is None or need <= free // 2
+    if args.device_batches == 'on' and not fits:
+        raise TrainingError(f'--device_batches on: the {len(dataset)} training images take '
+                            f'{need / 1e6:.0f} MB, more than half of the {free / 1e6:.0f} MB '
+                            f'free on {rt.device}; use --device_batches off')
+    if not wants_device_batches(args.device_batches, rt.device.type, args.cache, fits):
+        if args.device_batches == 'auto' and args.cache and rt.device.type == 'cuda':
+            rt.log(f'warning: the training images take {need / 1e6:.0f} MB, more than half of '
+                   f'the {free / 1e6:.0f} MB free on {rt.device}; batches come from the '
+                   'DataLoader')
+        return None
+    crops = utils.DeviceCrops(dataset, rt.device)
+    dataset.cache = None  # crops holds the images now; free the first copy
+    return crops
+
+
+def make_train_data(args, rt: Runtime) -> tuple:
+    """(dataset, sampler, iterations per epoch) for this process; the images decoded up front
+    with --cache and for --device_batches."""
+    on_device = wants_device_batches(args.device_batches, rt.device.type, args.cache, True)
+    dataset = utils.TrainSet(args.trainset_dir, args.upscale_factor, args.crop_size,
+                             augment=True, cache=args.cache or on_device)
+    per_rank = len(dataset) // rt.world_size
+    iters = args.iters_per_epoch or max(1, per_rank // args.batch_size)
+    sampler = EpochSampler(len(dataset), iters * args.batch_size, rt.rank, rt.world_size,
+                           args.seed)
+    return dataset, sampler, iters
+
+
+def epoch_loader(args, rt: Runtime, dataset, sampler, crops=None, epoch: int = 0):
+    """This epoch's batches, made after run() reseeds the data RNG: cut on the device by
+    `crops`, from its generator seeded here, or from a DataLoader whose workers do not outlive
+    the epoch. Either way an epoch's crops depend only on (seed, epoch, rank), so resuming is
+    exact with any worker count."""
+    if crops is not None:
+        crops.generator.manual_seed(data_seed(args.seed, epoch, rt.rank))
+        return crops.batches(list(sampler), args.batch_size)
+    return utils.make_loader(dataset, args.batch_size, args.workers, sampler=sampler,
+                             device_type=rt.device.type, persistent_workers=False)
+
+
+def load_pretrained(args, generator: Generator) -> None:
+    """Copy generator weights from --pretrain (weights file or checkpoint) into `generator`."""
+    try:
+        g = utils.load_generator(args.pretrain, upscale_factor=args.upscale_factor)
+    except utils.CheckpointError as e:
+        raise TrainingError(f'--pretrain {e}') from None
+    if g.config != generator.config:
+        raise TrainingError(f'--pretrain {args.pretrain}: generator {g.config} does not match '
+                            f'this run ({generator.config}); set --num_blocks to match')
+    generator.load_state_dict(g.state_dict())
+
+
+def build(args, rt: Runtime) -> TrainState:
+    """Networks, optimizers, schedulers and scalers, on the device (wrap() wraps them)."""
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    cl = torch.channels_last
+    G = Generator(args.upscale_factor, args.num_blocks).to(rt.device, memory_format=cl)
+    if args.pretrain:
+        load_pretrained(args, G)
+    elif args.mode == 'adversarial':
+        rt.log('warning: adversarial training without --pretrain starts from a random '
+               'generator; the paper starts from a trained SRResNet')
+    milestones = [args.lr_step] if args.lr_step else []
+    fp16 = rt.amp_dtype == torch.float16
+
+    def optimizer_side(net: nn.Module, lr: float) -> tuple:
+        opt = torch.optim.Adam(net.parameters(), lr, betas=(0.9, 0.999),
+                               **adam_options(rt.device))
+        return (opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1),
+                torch.amp.GradScaler(rt.device.type, enabled=fp16))
+
+    s = TrainState(G, *optimizer_side(G, args.lr), ema=EMA(G, args.ema) if args.ema > 0 else None)
+    if args.mode == 'adversarial':
+        s.D = Discriminator(spectral_norm=args.spectral_norm).to(rt.device, memory_format=cl)
+        s.opt_d, s.sched_d, s.scaler_d = optimizer_side(s.D, args.lr if args.lr_d is None
+                                                        else args.lr_d)
+        s.D_g = s.D
+        if args.content_weight > 0:
+            try:
+                s.vgg = FeatureExtractor(args.vgg_weights).to(rt.device, memory_format=cl)
+            except RuntimeError as e:
+                # weights that cannot be had here (offline, no such file): the command cannot
+                # run as given; a file that is not VGG19 weights: a failed input
+                missing = args.vgg_weights == 'imagenet' or not os.path.isfile(args.vgg_weights)
+                raise (SetupError if missing else TrainingError)(str(e)) from None
+    return s
+
+
+def wrap(args, rt: Runtime, s: TrainState) -> None:
+    """SyncBatchNorm (--sync_bn across processes), the runtime's wrappers (DataParallel, DDP,
+    Fabric) and torch.compile around the networks."""
+    nets = ['G', 'D'] if s.D is not None else ['G']
+    if args.sync_bn and rt.distributed:  # DDP and Fabric alike; same Parameter objects
+        for k in nets:
+            setattr(s, k, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(s, k)))
+    s.D_g = s.D
+    rt.wrap(s, nets)
+    if args.compile:
+        for k in nets + [k for k in ('D_g', 'vgg') if getattr(s, k) is not None]:
+            setattr(s, k, torch.compile(getattr(s, k), mode=args.compile_mode))
 
 
 class HostCopy:
@@ -735,20 +802,23 @@ class HostCopy:
         return self.host.tolist()
 
 
-def train_epoch(args, rt: Runtime, s: TrainState, loader, epoch: int, iters: int) -> dict:
-    """Train one epoch; returns mean losses (floats), reduced over ranks."""
+def train_epoch(recipe: Recipe, rt: Runtime, s: TrainState, loader, epoch: int, iters: int,
+                epochs: Optional[int] = None, log_every: int = 10) -> dict:
+    """Train one epoch (of `epochs`, for the progress bar) of `iters` iterations; returns the
+    mean losses (floats), averaged over ranks. Every `log_every` iterations the progress bar
+    shows the losses and a NaN is looked for."""
     from tqdm import tqdm
     for net in (s.G, s.D):
         if net is not None:
             net.train()
     sums, first_bad = None, torch.full((), -1, device=rt.device, dtype=torch.long)
-    bar = tqdm(loader, total=iters, desc=f'epoch {epoch}/{args.epochs}', disable=not rt.master,
+    bar = tqdm(loader, total=iters, desc=f'epoch {epoch}/{epochs or epoch}', disable=not rt.master,
                dynamic_ncols=True, leave=False)
     pending = None  # the last log point's [first_bad, mean losses...], on its way to the host
     for it, batch in enumerate(bar, 1):
         lr_img, hr_img = (x.to(rt.device, non_blocking=True).contiguous(
             memory_format=torch.channels_last) for x in batch)
-        losses = train_step(args, rt, s, lr_img, hr_img)
+        losses = train_step(recipe, rt, s, lr_img, hr_img)
         if s.ema is not None:
             s.ema.update(s.G)
         stacked = torch.stack([losses[k].float() for k in sorted(losses)])
@@ -756,9 +826,8 @@ def train_epoch(args, rt: Runtime, s: TrainState, loader, epoch: int, iters: int
         # remember the first non-finite iteration without a host sync
         bad = ~torch.isfinite(stacked).all()
         first_bad = torch.where(bad & (first_bad < 0), it, first_bad)
-        if it % args.log_every == 0 or it == iters:
-            if rt.distributed:  # a NaN on any rank stops every rank at the same iteration
-                dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+        if it % log_every == 0 or it == iters:
+            rt.all_reduce_max(first_bad)  # a NaN on any rank stops every rank at once
             if it == iters:
                 continue  # the epoch's end, below, reads first_bad itself
             # The host reads the previous log point's figures and sends this one's: it never
@@ -776,102 +845,9 @@ def train_epoch(args, rt: Runtime, s: TrainState, loader, epoch: int, iters: int
         raise TrainingError(f'loss became NaN/inf at epoch {epoch}, iteration {int(first_bad)}; '
                             'stopped, the last good checkpoint is kept (try a lower --lr or '
                             '--amp off)')
-    means = sums / iters
-    if rt.distributed:
-        dist.all_reduce(means)
-        means /= rt.world_size
+    means = rt.mean(sums / iters)
     return dict(zip(sorted(losses), means.tolist()))
 
-
-@torch.inference_mode()
-def validate(args, rt: Runtime, s: TrainState, epoch: int, num_samples: int = 3,
-             tb=None) -> dict:
-    """PSNR-Y / SSIM-Y on --validset_dir; saves a few SR/bicubic/HR images (and logs the SR
-    ones to TensorBoard when `tb` is a SummaryWriter)."""
-    model = s.eval_generator
-    was_training = model.training
-    model.eval()
-    dataset = utils.ValidSet(args.validset_dir, args.upscale_factor)
-    out = os.path.join(args.out_dir, 'output', str(epoch))
-    psnrs, ssims, niqes = [], [], []
-    for i in range(len(dataset)):
-        try:
-            lr_img, hr_img, name = dataset[i]
-        except utils.ImageError as e:
-            rt.log(f'warning: {e}; skipped')
-            continue
-        x = lr_img[None].to(rt.device).contiguous(memory_format=torch.channels_last)
-        with rt.autocast():
-            sr = model(x).float()[0].clamp(0, 1).cpu()
-        psnrs.append(utils.psnr(sr, hr_img, args.upscale_factor))
-        ssims.append(utils.ssim(sr, hr_img, args.upscale_factor))
-        if args.mode == 'adversarial' or args.best_metric == 'niqe':
-            niqes.append(validation_niqe(sr, args.upscale_factor))
-        if i < num_samples:
-            stem = os.path.splitext(name)[0]
-            utils.save_image(sr, os.path.join(out, f'{stem}_sr.png'))
-            utils.save_image(utils.imresize(lr_img, args.upscale_factor).clamp(0, 1),
-                             os.path.join(out, f'{stem}_bicubic.png'))
-            utils.save_image(hr_img, os.path.join(out, f'{stem}_hr.png'))
-            if tb is not None:
-                tb.add_image(f'valid/{stem}', sr, epoch)
-    model.train(was_training)
-    if not psnrs:
-        return {}
-    finite = [p for p in psnrs if math.isfinite(p)] or [100.0]
-    scores = {'psnr_y': sum(finite) / len(finite), 'ssim_y': sum(ssims) / len(ssims)}
-    if niqes:
-        finite = [n for n in niqes if math.isfinite(n)]
-        scores['niqe'] = sum(finite) / len(finite) if finite else math.nan
-    return scores
-
-
-def validation_niqe(sr: torch.Tensor, scale: int) -> float:
-    """NIQE of a validation output as evaluate.py scores it (border of `scale` cropped); nan
-    for an image too small for NIQE's two 96 px blocks."""
-    try:
-        return utils.niqe(sr, crop_border=scale)
-    except ValueError:
-        return math.nan
-
-
-def best_epoch(history: list, metric: str, margin: float):
-    """The epoch best.pth holds after the validated rows of `history`, decided row by row as
-    training goes (best.pth is only ever written from the epoch just validated).
-
-    psnr: the highest PSNR-Y. niqe: a validated epoch replaces the best when its PSNR-Y is
-    within `margin` dB of the highest so far and its NIQE is lower, or when the best has
-    fallen more than `margin` behind (the new epoch, which raised the highest, then takes
-    over). Without NIQE scores (nan: images too small) it is the highest PSNR-Y."""
-    def niqe(row: dict) -> float:
-        return row['niqe'] if math.isfinite(row.get('niqe', math.nan)) else math.inf
-
-    best, top = None, -math.inf
-    for row in (r for r in history if 'psnr_y' in r):
-        top = max(top, row['psnr_y'])
-        if best is None or (metric == 'psnr' and row['psnr_y'] > best['psnr_y']):
-            best = row
-        elif metric == 'niqe':
-            if best['psnr_y'] < top - margin:
-                best = row
-            elif row['psnr_y'] >= top - margin and (
-                    niqe(row) < niqe(best)
-                    or niqe(row) == niqe(best) == math.inf and row['psnr_y'] > best['psnr_y']):
-                best = row
-    return None if best is None else best['epoch']
-
-
-def write_history(args, history: list) -> None:
-    """history.csv rewritten whole from the run's history, atomically: after a resume (even from
-    an older epoch, or after a kill between this and the checkpoint) no epoch appears twice."""
-    def write(tmp: str) -> None:
-        with open(tmp, 'w', newline='') as f:
-            w = csv.DictWriter(f, HISTORY_FIELDS, extrasaction='ignore')
-            w.writeheader()
-            for row in history:
-                w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)
-                            for k, v in row.items()})
-    utils.atomic_write(os.path.join(args.out_dir, 'history.csv'), write)
 
 
 def open_tensorboard(args, rt: Runtime):
@@ -903,17 +879,24 @@ def check_broken_images(rt: Runtime, dataset) -> None:
         problem = ''
     except utils.ImageError as e:
         problem = str(e)
-    if rt.distributed:
-        problems = [None] * rt.world_size
-        dist.all_gather_object(problems, problem)
-        problem = next((p for p in problems if p), '')
+    problem = rt.first_problem(problem)
     if problem:
         raise TrainingError(problem if rt.master else '')
 
 
+def check_setup(args, rt: Runtime) -> None:
+    """setup_problem on rank 0, its verdict sent to every rank: all stop, or none."""
+    problem = rt.from_master(setup_problem(args) if rt.master else '')
+    if problem:
+        raise SetupError(problem if rt.master else '')
+
+
+
 def run(args, rt: Runtime) -> None:
-    """The whole training run in this process (one of several under DDP)."""
+    """The whole training run in this process (one of several under DDP), on the Runtime
+    launch() chose."""
     check_setup(args, rt)
+    recipe = Recipe.from_args(args)
     dataset, sampler, iters = make_train_data(args, rt)
     crops = device_crops(args, rt, dataset)
     s = build(args, rt)
@@ -944,7 +927,8 @@ def run(args, rt: Runtime) -> None:
         torch.manual_seed(data_seed(args.seed, epoch, rt.rank))
         loader = epoch_loader(args, rt, dataset, sampler, crops, epoch)
         t0 = time.time()
-        row = {'epoch': epoch, **train_epoch(args, rt, s, loader, epoch, iters)}
+        row = {'epoch': epoch, **train_epoch(recipe, rt, s, loader, epoch, iters, args.epochs,
+                                              args.log_every)}
         seconds = time.time() - t0
         row.update(seconds=seconds, images_per_s=iters * args.batch_size * rt.world_size / seconds,
                    lr_g=s.opt_g.param_groups[0]['lr'])
@@ -955,7 +939,12 @@ def run(args, rt: Runtime) -> None:
         is_best = False
         if rt.master:
             if args.validset_dir and (epoch % args.val_every == 0 or epoch == args.epochs):
-                row.update(validate(args, rt, s, epoch, tb=tb))
+                row.update(validate(
+                    s.eval_generator, utils.ValidSet(args.validset_dir, args.upscale_factor),
+                    args.upscale_factor, rt.device,
+                    os.path.join(args.out_dir, 'output', str(epoch)),
+                    niqe=args.mode == 'adversarial' or args.best_metric == 'niqe', tb=tb,
+                    epoch=epoch, log=rt.log))
                 best = max(best, row.get('psnr_y', -math.inf))
                 is_best = best_epoch(history + [row], args.best_metric,
                                      args.best_margin) == epoch
@@ -971,8 +960,7 @@ def run(args, rt: Runtime) -> None:
                         tb.add_scalar(k, v, epoch)
             rt.log(f'epoch {epoch}: ' + ', '.join(
                 f'{k} {v:.4g}' for k, v in row.items() if k != 'epoch'))
-        if rt.distributed:
-            dist.barrier()  # nobody runs ahead of the checkpoint
+        rt.barrier()  # nobody runs ahead of the checkpoint
         check_broken_images(rt, dataset)
         if args.time_limit and time.time() - t_start > 60 * args.time_limit:
             rt.log(f'time limit of {args.time_limit} min reached after epoch {epoch}; '
@@ -982,8 +970,176 @@ def run(args, rt: Runtime) -> None:
         tb.close()
 
 
-def run_lightning(args) -> None:
-    """The same run() through Lightning Fabric (strategy ddp over --nproc devices)."""
+# =============================================================================================
+# 8. Launching: one device, DataParallel, DDP (torchrun, SLURM, self-spawned), Lightning Fabric.
+# launch(args, run) picks the Runtime; the recipe above only calls its methods.
+# =============================================================================================
+
+class Runtime:
+    """One process training on one device: the device, rank and world size, the autocast
+    precision, and what the recipe asks of the launcher: autocast(), backward(), wrap() and
+    the collectives (no-ops here). launch() picks this class or a subclass."""
+
+    def __init__(self, args, rank: int = 0, world_size: int = 1, local_rank: int = 0,
+                 device: torch.device = None):
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.distributed = world_size > 1
+        self.master = rank == 0
+        if device is None:
+            device = utils.device_for(args.cuda)
+            if device.type == 'cuda':
+                device = torch.device('cuda', local_rank)
+                torch.cuda.set_device(device)
+        self.device = device
+        self.amp_dtype = utils.autocast_dtype(args.amp, self.device)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def backward(self, loss: torch.Tensor, opt: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler) -> None:
+        """Gradients of `loss` and one step of `opt` (through the fp16 GradScaler)."""
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def wrap(self, s: TrainState, nets: list) -> None:
+        """Wrap the networks named in `nets` (attributes of `s`) for this launcher."""
+
+    # collectives: every rank calls them at the same point; one process has nothing to do
+    def all_reduce_max(self, t: torch.Tensor) -> None:
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` averaged over the ranks."""
+        if self.distributed:
+            dist.all_reduce(t)
+            t /= self.world_size
+        return t
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def from_master(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if self.distributed:
+            box = [obj]
+            dist.broadcast_object_list(box, src=0)
+            obj = box[0]
+        return obj
+
+    def first_problem(self, problem: str) -> str:
+        """The first non-empty `problem` over the ranks, on every rank ('' when none)."""
+        if self.distributed:
+            problems = [None] * self.world_size
+            dist.all_gather_object(problems, problem)
+            problem = next((p for p in problems if p), '')
+        return problem
+
+    def log(self, *msg):
+        if self.master:
+            print(*msg, flush=True)
+
+
+class DataParallelRuntime(Runtime):
+    """--dp: one process, the networks split over the visible GPUs by nn.DataParallel."""
+
+    def wrap(self, s: TrainState, nets: list) -> None:
+        if self.device.type == 'cuda' and torch.cuda.device_count() >= 2:
+            for k in nets:
+                setattr(s, k, nn.DataParallel(getattr(s, k)))
+            s.D_g = s.D
+        else:
+            self.log('warning: --dp needs at least two GPUs; training on one device')
+
+
+class DistributedRuntime(Runtime):
+    """--ddp: one process per device, the networks in DistributedDataParallel. D_g, the D of
+    the generator step, stays bare: D is frozen there and must not join that gradient sync."""
+
+    def wrap(self, s: TrainState, nets: list) -> None:
+        if not self.distributed:
+            return
+        ids = [self.device.index] if self.device.type == 'cuda' else None
+        for k in nets:
+            setattr(s, k, nn.parallel.DistributedDataParallel(getattr(s, k), device_ids=ids))
+
+
+class FabricRuntime(Runtime):
+    """--lightning: Lightning Fabric owns the device, autocast (its precision plugin, the same
+    dtype as --amp), backward and the wrapping."""
+
+    def __init__(self, args, fabric):
+        super().__init__(args, fabric.global_rank, fabric.world_size, fabric.local_rank,
+                         fabric.device)
+        self.fabric = fabric
+
+    def autocast(self):
+        return self.fabric.autocast()
+
+    def backward(self, loss, opt, scaler) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.fabric.backward(loss)
+        opt.step()
+
+    def wrap(self, s: TrainState, nets: list) -> None:
+        for k, o in (('G', 'opt_g'), ('D', 'opt_d'))[:len(nets)]:
+            net, opt = self.fabric.setup(getattr(s, k), getattr(s, o), move_to_device=False)
+            setattr(s, k, net)
+            setattr(s, o, opt)
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM nodelist such as 'gpu[03-05,9],cpu1' -> 'gpu03'."""
+    try:
+        out = subprocess.run(['scontrol', 'show', 'hostnames', nodelist], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    # no scontrol (a container, a test): the first comma-separated entry (commas inside
+    # brackets do not separate hosts), each [range list] replaced by its first number
+    m = re.match(r'(?:[^,\[]|\[[^\]]*\])+', nodelist.strip())
+    if not m:
+        raise TrainingError(f'SLURM_JOB_NODELIST {nodelist!r}: no host name in it')
+    return re.sub(r'\[([^\]]*)\]', lambda r: re.split(r'[,-]', r.group(1))[0], m.group(0))
+
+
+def launch_env() -> dict:
+    """Rank, world size and local rank from torchrun or SLURM; {} when neither launched us."""
+    env = os.environ
+    if 'RANK' in env and 'WORLD_SIZE' in env:
+        return {'rank': int(env['RANK']), 'world_size': int(env['WORLD_SIZE']),
+                'local_rank': int(env.get('LOCAL_RANK', 0)), 'launcher': 'torchrun'}
+    if 'SLURM_PROCID' in env and int(env.get('SLURM_NTASKS', '1')) > 1:
+        env.setdefault('MASTER_ADDR', first_slurm_host(env.get('SLURM_JOB_NODELIST', '127.0.0.1')))
+        # a port derived from the job id, so two jobs sharing a node do not collide
+        env.setdefault('MASTER_PORT', str(20000 + int(env.get('SLURM_JOB_ID', '0')) % 20000))
+        return {'rank': int(env['SLURM_PROCID']), 'world_size': int(env['SLURM_NTASKS']),
+                'local_rank': int(env.get('SLURM_LOCALID', 0)), 'launcher': 'slurm'}
+    return {}
+
+
+def init_distributed(args, rank: int, world_size: int, local_rank: int) -> Runtime:
+    rt = DistributedRuntime(args, rank, world_size, local_rank)
+    backend = args.backend
+    if backend == 'auto':
+        backend = 'nccl' if rt.device.type == 'cuda' else 'gloo'
+    kwargs = {'device_id': rt.device} if backend == 'nccl' else {}
+    dist.init_process_group(backend, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=args.dist_timeout), **kwargs)
+    return rt
+
+
+def fabric_runtime(args) -> FabricRuntime:
+    """--lightning: a Lightning Fabric (strategy ddp over --nproc devices) launched, and this
+    process's runtime on it."""
     try:
         import lightning
     except ImportError:
@@ -1009,14 +1165,14 @@ def run_lightning(args) -> None:
     fabric = lightning.Fabric(accelerator=device.type, devices=devices, num_nodes=num_nodes,
                               precision=precision, strategy=strategy)
     fabric.launch()  # starts the other processes (or joins SLURM's / torchrun's)
-    run(args, Runtime(args, fabric.global_rank, fabric.world_size, fabric.local_rank, fabric))
+    return FabricRuntime(args, fabric)
 
 
-def worker(local_rank: int, args, world_size: int, port: int) -> None:
+def worker(local_rank: int, run_fn, args, world_size: int, port: int) -> None:
     """Entry point of a self-spawned DDP process."""
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     try:
-        run_process(args, local_rank, world_size, local_rank)
+        run_process(run_fn, args, local_rank, world_size, local_rank)
     except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
         # one line here; the parent then stops the other processes and exits non-zero
         sys.exit(report(e))
@@ -1024,10 +1180,10 @@ def worker(local_rank: int, args, world_size: int, port: int) -> None:
         sys.exit(utils.EXIT_INTERRUPTED)
 
 
-def run_process(args, rank: int, world_size: int, local_rank: int) -> None:
+def run_process(run_fn, args, rank: int, world_size: int, local_rank: int) -> None:
     rt = init_distributed(args, rank, world_size, local_rank)
     try:
-        run(args, rt)
+        run_fn(args, rt)
     finally:
         dist.destroy_process_group()
 
@@ -1036,6 +1192,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def launch(args, run_fn) -> None:
+    """Call run_fn(args, rt) in every process the flags ask for, each with its Runtime: one
+    device, --dp, --ddp (under torchrun or srun, or spawning --nproc processes itself) or
+    --lightning."""
+    if args.dp + args.ddp + args.lightning > 1:
+        raise SetupError('choose one of --dp, --ddp and --lightning')
+    if args.sync_bn and not args.cuda and (args.ddp or args.lightning):
+        raise SetupError('--sync_bn needs --cuda (SyncBatchNorm has no CPU implementation)')
+    if args.lightning:
+        run_fn(args, fabric_runtime(args))
+    elif args.ddp:
+        env = launch_env()
+        if env:
+            run_process(run_fn, args, env['rank'], env['world_size'], env['local_rank'])
+            return
+        nproc = args.nproc or (torch.cuda.device_count() if args.cuda else 0)
+        if nproc < 1:
+            raise SetupError('--ddp on the CPU needs --nproc N (or launch it with '
+                             'torchrun / srun)')
+        problem = setup_problem(args)  # here, before any process starts
+        if problem:
+            raise SetupError(problem)
+        import torch.multiprocessing as mp
+        try:
+            mp.spawn(worker, args=(run_fn, args, nproc, free_port()), nprocs=nproc)
+        except mp.ProcessExitedException as e:
+            raise TrainingError(f'DDP {e}; the other processes were stopped') from None
+    elif args.dp:
+        run_fn(args, DataParallelRuntime(args))
+    else:
+        run_fn(args, Runtime(args))
 
 
 def report(e: Exception) -> int:
@@ -1053,31 +1242,7 @@ def report(e: Exception) -> int:
 def main(argv=None) -> int:
     args = get_args(argv)
     try:
-        if args.dp + args.ddp + args.lightning > 1:
-            raise SetupError('choose one of --dp, --ddp and --lightning')
-        if args.sync_bn and not args.cuda and (args.ddp or args.lightning):
-            raise SetupError('--sync_bn needs --cuda (SyncBatchNorm has no CPU implementation)')
-        if args.lightning:
-            run_lightning(args)
-        elif args.ddp:
-            env = launch_env()
-            if env:
-                run_process(args, env['rank'], env['world_size'], env['local_rank'])
-            else:
-                nproc = args.nproc or (torch.cuda.device_count() if args.cuda else 0)
-                if nproc < 1:
-                    raise SetupError('--ddp on the CPU needs --nproc N (or launch it with '
-                                     'torchrun / srun)')
-                problem = setup_problem(args)  # here, before any process starts
-                if problem:
-                    raise SetupError(problem)
-                import torch.multiprocessing as mp
-                try:
-                    mp.spawn(worker, args=(args, nproc, free_port()), nprocs=nproc)
-                except mp.ProcessExitedException as e:
-                    raise TrainingError(f'DDP {e}; the other processes were stopped') from None
-        else:
-            run(args, Runtime(args))
+        launch(args, run)
     except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
         return report(e)
     except KeyboardInterrupt:

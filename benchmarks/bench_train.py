@@ -92,21 +92,23 @@ def timed(step, batches, warmup: int, device) -> tuple:
 def host_path(args, rt, s, batches, channels_last: bool, warmup: int) -> tuple:
     """(a) and (b): host batches copied to the device each step."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    recipe = train.Recipe.from_args(args)
 
     def step(batch):
         lr, hr = (x.to(rt.device, non_blocking=True).contiguous(memory_format=fmt)
                   for x in batch)
-        return train.train_step(args, rt, s, lr, hr)['loss_g']
+        return train.train_step(recipe, rt, s, lr, hr)['loss_g']
     return timed(step, batches, warmup, rt.device)
 
 
 def device_path(args, rt, s, crops, order, seed: int, warmup: int) -> tuple:
     """(c): batches cut on the device from `order`, the same ones as host_path's."""
     crops.generator.manual_seed(seed)
+    recipe = train.Recipe.from_args(args)
 
     def step(batch):
         lr, hr = (x.contiguous(memory_format=torch.channels_last) for x in batch)
-        return train.train_step(args, rt, s, lr, hr)['loss_g']
+        return train.train_step(recipe, rt, s, lr, hr)['loss_g']
     return timed(step, crops.batches(order, args.batch_size), warmup, rt.device)
 
 
@@ -115,7 +117,8 @@ def step_flops(args, rt, s, lr, hr) -> int:
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
     with counter:
-        train.train_step(args, rt, s, lr.to(rt.device), hr.to(rt.device))
+        train.train_step(train.Recipe.from_args(args), rt, s, lr.to(rt.device),
+                         hr.to(rt.device))
     return counter.get_total_flops()
 
 

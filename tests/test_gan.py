@@ -63,10 +63,10 @@ def d_step_reference(s, lr, hr, gan_loss: str) -> list:
 @pytest.mark.parametrize('sn', [False, True])
 def test_d_step_gradient_is_the_d_loss_gradient(gan_loss, sn):
     extra = ['--spectral_norm'] if sn else []
-    args, rt, s = make_state(*ADV, '--gan_loss', gan_loss, *extra)
+    recipe, rt, s = make_state(*ADV, '--gan_loss', gan_loss, *extra)
     lr, hr = batch()
     expected = d_step_reference(s, lr, hr, gan_loss)
-    train.train_step(args, rt, s, lr, hr)
+    train.train_step(recipe, rt, s, lr, hr)
     got = grads(s.D)
     assert sum(float(g.abs().sum()) for g in got) > 0
     for g, e in zip(got, expected):
@@ -74,12 +74,12 @@ def test_d_step_gradient_is_the_d_loss_gradient(gan_loss, sn):
 
 
 def test_ragan_adversarial_loss_alone_trains_the_generator_against_real_logits():
-    args, rt, s = make_state(*ADV, '--gan_loss', 'ragan', '--pixel_weight', '0',
+    recipe, rt, s = make_state(*ADV, '--gan_loss', 'ragan', '--pixel_weight', '0',
                              '--adversarial_weight', '1')
     lr, hr = batch()
     ref = copy.deepcopy(s.G)
     before = [p.detach().clone() for p in s.G.parameters()]
-    train.train_step(args, rt, s, lr, hr)
+    train.train_step(recipe, rt, s, lr, hr)
     # the reference: RaGAN's G loss through D as the D step left it, D(hr) a constant
     real = s.D(hr).detach()
     train.g_adversarial_loss('ragan', s.D(ref(lr)), real).backward()
@@ -163,15 +163,15 @@ def largest_change(net, before) -> float:
 
 
 def test_lr_d_sets_the_discriminator_step_only():
-    args, rt, s = make_state(*ADV, '--lr', '1e-4', '--lr_d', '1e-6')
+    recipe, rt, s = make_state(*ADV, '--lr', '1e-4', '--lr_d', '1e-6')
     assert s.opt_g.param_groups[0]['lr'] == 1e-4 and s.opt_d.param_groups[0]['lr'] == 1e-6
     g0 = [p.detach().clone() for p in s.G.parameters()]
     d0 = [p.detach().clone() for p in s.D.parameters()]
-    train.train_step(args, rt, s, *batch())
+    train.train_step(recipe, rt, s, *batch())
     # Adam's first step moves each parameter with a gradient by about its learning rate
     assert 0.9e-6 < largest_change(s.D, d0) < 1.1e-6
     assert 0.9e-4 < largest_change(s.G, g0) < 1.1e-4
-    args, rt, s = make_state(*ADV, '--lr', '3e-4')
+    recipe, rt, s = make_state(*ADV, '--lr', '3e-4')
     assert s.opt_d.param_groups[0]['lr'] == 3e-4  # default: --lr
 
 

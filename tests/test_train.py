@@ -6,6 +6,7 @@ import csv
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -197,8 +198,8 @@ def test_evaluate_and_test_image_load_trained_weights(data, tmp_path, capsys):
     assert '| valid | Best | 2 |' in capsys.readouterr().out
     table = {row['method']: row for row in json.loads((tmp_path / 'x4.json').read_text())}
     assert set(table) == {'Bicubic', 'Best', 'Last'}
-    # the same PSNR as train.py's validation (evaluate.py folds BatchNorm: float noise only)
-    assert table['Best']['psnr_y'] == pytest.approx(float(history(out)[0]['psnr_y']), abs=0.02)
+    # the same PSNR as train.py's validation: both run utils.super_resolve and utils.psnr
+    assert table['Best']['psnr_y'] == pytest.approx(float(history(out)[0]['psnr_y']), abs=1e-6)
     image = data / 'valid' / 'v0.png'
     assert test_image.main(['--weight', str(best), '--image', str(image),
                             '--out_dir', str(tmp_path / 'sr')]) == 0
@@ -206,18 +207,42 @@ def test_evaluate_and_test_image_load_trained_weights(data, tmp_path, capsys):
     assert sr.size == (4 * 48, 4 * 48)
 
 
+def test_validation_scores_equal_evaluate_py_on_the_same_weights(data, tmp_path, capsys):
+    """history.csv's PSNR-Y and SSIM-Y are evaluate.py's numbers for the epoch's weights file,
+    to 1e-6: one inference path (utils.super_resolve, BatchNorm folded, float32) and one set
+    of metrics. EMA on, so the weights file is not simply the live generator."""
+    out = tmp_path / 'run'
+    assert fit(data, out, '--amp', 'off', '--epochs', '2', '--iters_per_epoch', '2',
+               '--ema', '0.5', '--validset_dir', str(data / 'valid')) == 0
+    rows = history(out)
+    capsys.readouterr()
+    for epoch in (1, 2):
+        weights = out / 'weights' / f'G_epoch_{epoch}.pth'
+        assert evaluate.main(['--data', str(data / 'valid'), '--weight', f'G={weights}',
+                              '--metrics', 'psnr,ssim',
+                              '--json', str(tmp_path / f'{epoch}.json')]) == 0
+        table = {r['method']: r for r in json.loads((tmp_path / f'{epoch}.json').read_text())}
+        assert table['G']['images'] == 2
+        row = rows[epoch - 1]
+        assert abs(table['G']['psnr_y'] - float(row['psnr_y'])) <= 1e-6, (table['G'], row)
+        assert abs(table['G']['ssim_y'] - float(row['ssim_y'])) <= 1e-6, (table['G'], row)
+    assert rows[0]['psnr_y'] != rows[1]['psnr_y']  # the weights changed between the epochs
+
+
 # ---------------------------------------------------------------------------------------------
 # One training step: every loss term reaches the generator; D and G steps stay apart
 # ---------------------------------------------------------------------------------------------
 
 def make_state(*argv):
+    """(Recipe, Runtime, TrainState) of a one-device run with these flags, as train.run makes
+    them."""
     args = train.get_args([*TINY, '--amp', 'off', *argv])
     rt = train.Runtime(args)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         s = train.build(args, rt)
     train.wrap(args, rt, s)
-    return args, rt, s
+    return train.Recipe.from_args(args), rt, s
 
 
 def batch(seed: int = 0) -> tuple:
@@ -242,13 +267,13 @@ def check_reaches_generator(s, expected: list) -> None:
 
 
 def test_content_loss_alone_trains_the_generator():
-    args, rt, s = make_state('--mode', 'adversarial', '--vgg_weights', 'random',
+    recipe, rt, s = make_state('--mode', 'adversarial', '--vgg_weights', 'random',
                              '--pixel_weight', '0', '--adversarial_weight', '0',
                              '--content_weight', '1')
     lr, hr = batch()
     ref = copy.deepcopy(s.G)
     before = [p.detach().clone() for p in s.G.parameters()]
-    losses = train.train_step(args, rt, s, lr, hr)
+    losses = train.train_step(recipe, rt, s, lr, hr)
     assert float(losses['loss_content']) > 0
     # the reference: the VGG feature MSE alone, back-propagated through the pre-step generator
     F.mse_loss(s.vgg(ref(lr)), s.vgg(hr)).backward()
@@ -257,11 +282,11 @@ def test_content_loss_alone_trains_the_generator():
 
 
 def test_adversarial_loss_alone_trains_the_generator():
-    args, rt, s = make_state(*ADV, '--pixel_weight', '0', '--adversarial_weight', '1')
+    recipe, rt, s = make_state(*ADV, '--pixel_weight', '0', '--adversarial_weight', '1')
     lr, hr = batch()
     ref = copy.deepcopy(s.G)
     before = [p.detach().clone() for p in s.G.parameters()]
-    train.train_step(args, rt, s, lr, hr)
+    train.train_step(recipe, rt, s, lr, hr)
     # the reference: -log D(G(lr)) through the discriminator as the D step left it
     logit = s.D(ref(lr))
     F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit)).backward()
@@ -270,7 +295,7 @@ def test_adversarial_loss_alone_trains_the_generator():
 
 
 def test_d_step_uses_detached_sr_and_g_step_leaves_d_alone():
-    args, rt, s = make_state(*ADV)
+    recipe, rt, s = make_state(*ADV)
     counts = {'G': 0, 'D': 0}
     for k in counts:
         for p in getattr(s, k).parameters():
@@ -283,7 +308,7 @@ def test_d_step_uses_detached_sr_and_g_step_leaves_d_alone():
         after_d_step.update({n: p.detach().clone() for n, p in s.D.named_parameters()})
         return out
     s.opt_d.step = step_and_snapshot
-    train.train_step(args, rt, s, *batch())
+    train.train_step(recipe, rt, s, *batch())
     # one gradient per parameter and step: G's only from the G step (the D step saw
     # sr.detach()), D's only from the D step (D is frozen in the G step)
     assert counts == {'G': len(list(s.G.parameters())), 'D': len(list(s.D.parameters()))}
@@ -313,9 +338,9 @@ def test_ema_update_is_a_moving_average():
 
 
 def test_ema_follows_a_training_step():
-    args, rt, s = make_state('--ema', '0.9')
+    recipe, rt, s = make_state('--ema', '0.9')
     old = [p.clone() for p in s.ema.model.parameters()]
-    train.train_epoch(args, rt, s, [batch()], epoch=1, iters=1)
+    train.train_epoch(recipe, rt, s, [batch()], epoch=1, iters=1)
     live = list(s.G.parameters())
     assert any(not torch.equal(o, p) for o, p in zip(old, live))  # the step moved G
     for e, o, p in zip(s.ema.model.parameters(), old, live):
@@ -507,3 +532,30 @@ def test_tensorboard_missing_warns_and_trains(data, tmp_path, monkeypatch, capsy
                '--tensorboard') == 0
     assert 'warning: --tensorboard needs the tensorboard package' in capsys.readouterr().out
     assert (tmp_path / 'checkpoints' / 'checkpoint_epoch_1.pth').is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# --help
+# ---------------------------------------------------------------------------------------------
+
+def test_help_gives_every_flag_a_line_with_its_default_once(capsys):
+    """Each flag has help text ending in (or saying) its default, exactly once; -h prints
+    them all and exits 0."""
+    parser = train.build_parser()
+    formatter = parser._get_formatter()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != 'help']
+    assert len(flags) > 40
+    for action in flags:
+        text = formatter._expand_help(action)
+        assert action.help, action.dest
+        assert len(re.findall(r'default:', text, re.I)) == 1, (action.dest, text)
+    for flag, default in (('--lr', '0.0001'), ('--seed', '0'), ('--pixel_weight', '1.0'),
+                          ('--adversarial_weight', '0.001'), ('--upscale_factor', '4')):
+        action = next(a for a in flags if flag in a.option_strings)
+        assert formatter._expand_help(action).endswith(f'(default: {default})'), flag
+    with pytest.raises(SystemExit) as e:
+        train.get_args(['-h'])
+    assert e.value.code == 0
+    out = ' '.join(capsys.readouterr().out.split())
+    assert out.count('(default: --lr)') == 1 and 'runs/<mode>_x<scale>)' in out
+    assert len(re.findall(r'default:', out)) == len(flags)
