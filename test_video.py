@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import av
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -35,7 +34,12 @@ from tqdm import tqdm
 from utils import (EXIT_FAILED, EXIT_INTERRUPTED, TILE_OVERLAP, CheckpointError,
                    CheckpointPathError, UsageError, add_inference_flags, atomic_write, error,
                    fail, imresize, inference_model, inference_setup, load_generator, max_tile,
-                   pick_tile, super_resolve, to_uint8)
+                   pick_tile, require, super_resolve, to_uint8)
+
+try:
+    import av
+except ImportError:  # optional (requirements-dev.txt): main() says what to install
+    av = None
 
 DEFAULT_WEIGHT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
                               'srgan_x4.pth')
@@ -414,6 +418,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:  # everything that can be checked before the work (README.md, "Conventions")
+        if av is None:
+            require('av', 'test_video.py')
         device, dtype = inference_setup(args)
         try:
             start, stop = parse_frames(args.frames) if args.frames else (0, None)

@@ -984,11 +984,7 @@ def run(args, rt: Runtime) -> None:
 
 def run_lightning(args) -> None:
     """The same run() through Lightning Fabric (strategy ddp over --nproc devices)."""
-    try:
-        import lightning
-    except ImportError:
-        raise SetupError('--lightning needs the lightning package: '
-                         'python -m pip install lightning') from None
+    lightning = utils.require('lightning', '--lightning')
     device = utils.device_for(args.cuda)
     dtype = utils.autocast_dtype(args.amp, device)
     precision = {None: '32-true', torch.bfloat16: 'bf16-mixed', torch.float16: '16-mixed'}[dtype]
