@@ -6,7 +6,7 @@
 Writes {out_dir}/sr_{name}.mp4 (H.264) with the source's frame rate, time base and frame
 timestamps, and every audio stream of the source copied packet for packet (not re-encoded).
 --compare also writes {out_dir}/compare_{name}.mp4: bicubic (utils.imresize) | SR side by side,
-without audio.
+captioned "Bicubic" and "SR" in their top-left corners, without audio.
 
 --frames A:B super-resolves frames A to B-1 (counted from 0 in display order; A: or :B leave
 one end open). The part starts at time 0 in the output, and its audio is the source's audio
@@ -27,15 +27,20 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import av
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from utils import (PRECISION_NAMES, TILE_OVERLAP, Interrupted, SRError, UsageError, add_flags,
                    atomic_write, check_input, check_output_dir, frames_per_pass,
                    generator_from_flags, imresize, inference_model, inference_setup,
-                   plan_tile, script, super_resolve, to_uint8)
+                   plan_tile, require, script, super_resolve, to_uint8)
+
+try:
+    import av
+except ImportError:  # optional (requirements-dev.txt): main() says what to install
+    av = None
 
 # FFmpeg demuxers that read still images: av.open accepts a PNG as a one-frame "video".
 IMAGE_DEMUXERS = ('image2', 'image2pipe')
@@ -219,6 +224,28 @@ def shift(packet: av.Packet, offset: Fraction) -> av.Packet:
     return packet
 
 
+COMPARE_LABELS = ('Bicubic', 'SR')  # the halves of a --compare frame, left to right
+
+
+def compare_labels(width: int, height: int) -> list:
+    """The captions of a --compare frame whose halves are width x height: [(left, top,
+    patch)], each patch an RGB uint8 array (white text on black) for the top-left corner of
+    its half, sized to the picture (text about 1/20 of its height, at least 10 px)."""
+    size = max(10, height // 20)
+    try:
+        font = ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap
+        font = ImageFont.load_default()
+    pad = max(2, size // 4)
+    labels = []
+    for i, text in enumerate(COMPARE_LABELS):
+        box = ImageDraw.Draw(Image.new('RGB', (1, 1))).textbbox((0, 0), text, font=font)
+        patch = Image.new('RGB', (min(box[2] + 2 * pad, width), min(box[3] + 2 * pad, height)))
+        ImageDraw.Draw(patch).text((pad, pad), text, fill='white', font=font)
+        labels.append((i * width + pad, pad, np.asarray(patch)))
+    return labels
+
+
 def output_paths(video: str, opts: Options) -> list:
     stem = os.path.splitext(os.path.basename(video))[0]
     names = ['sr_'] + (['compare_'] if opts.compare else [])
@@ -257,6 +284,8 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
               'batch': batch, 'frames': 0, 'audio': len(source.audio), 'seconds': 0.0,
               'outputs': output_paths(path, opts)}
 
+    labels = compare_labels(w * s, h * s) if opts.compare else []
+
     def encode(tmps: list) -> None:
         writers = []
         try:
@@ -282,6 +311,8 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
             writers[0].write_frame(out, pts, v.time_base)
             if bicubic is not None:
                 side = np.concatenate([to_uint8(bicubic[i]), out], axis=1)
+                for left, top, patch in labels:  # "Bicubic" | "SR", top left of each half
+                    side[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
                 writers[1].write_frame(side, pts, v.time_base)
         result['frames'] += len(frames)
         bar.update(len(frames))
@@ -386,7 +417,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--video', required=True, help='input video (anything FFmpeg reads)')
     add_flags(p, 'upscale_factor', 'weight', 'cuda', 'out_dir', 'tile', 'amp')
     p.add_argument('--compare', action='store_true',
-                   help='also write compare_NAME.mp4: bicubic | SR side by side (default: off)')
+                   help='also write compare_NAME.mp4: bicubic | SR side by side, labelled '
+                        '(default: off)')
     p.add_argument('--frames', default=None, metavar='A:B',
                    help='only frames A to B-1 (from 0; A: or :B leave one end open) '
                         '(default: all)')
@@ -403,6 +435,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # everything that can be checked before the model is built (README.md, "Conventions")
+    if av is None:
+        require('av', 'test_video.py')
     device, dtype = inference_setup(args)
     try:
         start, stop = parse_frames(args.frames) if args.frames else (0, None)

@@ -1140,11 +1140,7 @@ def init_distributed(args, rank: int, world_size: int, local_rank: int) -> Runti
 def fabric_runtime(args) -> FabricRuntime:
     """--lightning: a Lightning Fabric (strategy ddp over --nproc devices) launched, and this
     process's runtime on it."""
-    try:
-        import lightning
-    except ImportError:
-        raise SetupError('--lightning needs the lightning package: '
-                         'python -m pip install lightning') from None
+    lightning = utils.require('lightning', '--lightning')
     device = utils.device_for(args.cuda)
     dtype = utils.autocast_dtype(args.amp, device)
     precision = {None: '32-true', torch.bfloat16: 'bf16-mixed', torch.float16: '16-mixed'}[dtype]
@@ -1236,7 +1232,7 @@ def report(e: Exception) -> int:
         lines = [re.sub(r'^[\w.]+Error: ', '', lines[-1])]
     if lines:
         utils.error(lines[0])
-    return utils.exit_status(e)
+    return utils.EXIT_USAGE if isinstance(e, utils.UsageError) else utils.EXIT_FAILED
 
 
 def main(argv=None) -> int:

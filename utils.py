@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import errno
 import functools
+import importlib
 import math
 import multiprocessing
 import os
@@ -134,6 +135,29 @@ def check_output_dir(path: str, flag: str = '--out_dir') -> str:
     if problem:
         raise UsageError(f'{flag} {problem}')
     return path
+
+
+# Optional packages: requirements-dev.txt installs them, requirements.txt (the main job) does
+# not. Module name -> the requirement line (tests/test_requirements.py checks they agree).
+OPTIONAL_PACKAGES = {
+    'av': 'av~=18.1',
+    'onnx': 'onnx~=1.23',
+    'onnxscript': 'onnxscript~=0.7',
+    'onnxruntime': 'onnxruntime~=1.32',
+    'lpips': 'lpips==0.1.4',
+    'lightning': 'lightning==2.6.6',
+}
+
+
+def require(module: str, feature: str):
+    """Import an optional package for `feature` (a flag or script), or UsageError (exit 2)
+    saying in one line what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{feature} needs the {module} package: python -m pip install "
+                         f"'{OPTIONAL_PACKAGES[module]}' (or every optional package: "
+                         f"python -m pip install -r requirements-dev.txt)") from None
 
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
@@ -765,9 +789,9 @@ class LPIPS:
         if backbone not in ('imagenet', 'random'):
             raise ValueError(f"backbone must be 'imagenet' or 'random', got {backbone!r}")
         try:
-            import lpips
-        except ImportError:
-            raise LPIPSError('LPIPS needs the lpips package: python -m pip install lpips') from None
+            lpips = require('lpips', 'LPIPS')
+        except UsageError as e:
+            raise LPIPSError(str(e)) from None
         state = _alexnet_state() if backbone == 'imagenet' else None
         # Built without any weights (lpips would download AlexNet itself, and load its own
         # file without weights_only), then filled from files loaded safely.

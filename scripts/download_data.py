@@ -15,6 +15,7 @@ and files that already verify are not fetched again. --selfexsr_url and --div2k_
 script at a mirror with the same layout.
 """
 import argparse
+import contextlib
 import hashlib
 import http.client
 import os
@@ -143,11 +144,33 @@ def read_sums(path: Path) -> dict:
     return sets
 
 
+@contextlib.contextmanager
+def made_folder(folder: Path):
+    """Create `folder` (and missing parents) for the block; when the block fails, the folders
+    it created that are still empty go again, so a failed download leaves no empty folder."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()  # only if empty: a .part file kept to resume keeps its folder
+            except OSError:
+                break
+        raise
+
+
 def get_benchmark_set(name: str, entries: list, folder: Path, base_url: str,
                       retries: int) -> None:
     """Fetch the files of one benchmark set that are not already in `folder` with the listed
     checksum; each one is checked before it gets its final name."""
-    folder.mkdir(parents=True, exist_ok=True)
+    with made_folder(folder):
+        _get_benchmark_set(name, entries, folder, base_url, retries)
+
+
+def _get_benchmark_set(name: str, entries: list, folder: Path, base_url: str,
+                       retries: int) -> None:
     todo = [(remote, local, digest) for remote, local, digest in entries
             if not ((folder / local).is_file() and sha256(folder / local) == digest)]
     if not todo:
@@ -300,16 +323,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-        if args.command in ('benchmarks', 'all'):
-            listed = read_sums(SUMS)
-            for name in getattr(args, 'sets', BENCHMARKS):
-                get_benchmark_set(name, listed[name], args.data_dir / name,
-                                  args.selfexsr_url.rstrip('/'), args.retries)
-        if args.command in ('div2k', 'all'):
-            splits = ['train', 'valid'] if args.command == 'all' or args.valid else ['train']
-            for split in splits:
-                get_div2k(split, args.data_dir, args.div2k_url.rstrip('/'), args.retries)
+        with made_folder(args.data_dir):
+            if args.command in ('benchmarks', 'all'):
+                listed = read_sums(SUMS)
+                for name in getattr(args, 'sets', BENCHMARKS):
+                    get_benchmark_set(name, listed[name], args.data_dir / name,
+                                      args.selfexsr_url.rstrip('/'), args.retries)
+            if args.command in ('div2k', 'all'):
+                splits = ['train', 'valid'] if args.command == 'all' or args.valid else ['train']
+                for split in splits:
+                    get_div2k(split, args.data_dir, args.div2k_url.rstrip('/'), args.retries)
     except DownloadError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

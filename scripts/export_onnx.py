@@ -27,7 +27,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils import (EXIT_FAILED, CheckpointError, UsageError, atomic_write,  # noqa: E402
-                   error, fail, inference_model, load_generator, output_problem, write_failure)
+                   error, fail, inference_model, load_generator, output_problem, require,
+                   write_failure)
 
 FP32_TOLERANCE = 1e-4
 # fp16 keeps 11 significant bits, so every layer rounds its output by up to 2^-11 of its size
@@ -133,6 +134,11 @@ def main(argv=None) -> int:
     problem = output_problem(args.output)  # before the export (README.md, "Conventions")
     if problem:
         return fail(UsageError(f'--output {problem}'))
+    try:  # torch.onnx.export needs onnx and onnxscript; the check runs onnxruntime
+        for module in ('onnx', 'onnxscript', 'onnxruntime'):
+            require(module, 'scripts/export_onnx.py')
+    except UsageError as e:
+        return fail(e)
     try:
         r = export(args.weight, args.output, args.opset, args.fp16)
     except (CheckpointError, ExportError) as e:

@@ -69,9 +69,46 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list:
     return [first + i * step for i in range(n + 3) if lo <= first + i * step <= hi]
 
 
-def draw(rows: list, title: str, path: str, size: tuple = (900, 620)) -> None:
-    """PSNR-Y (x) against NIQE (y) as a PNG: the strengths joined by a line and labelled,
-    Bicubic a square; HR (no PSNR: it is the reference) a dashed line at its NIQE."""
+def _hits(box: tuple, segments: list, pad: float = 3) -> bool:
+    """Whether the rectangle `box` (grown by `pad`) touches any of the line segments."""
+    x0, y0, x1, y1 = box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad
+    for (ax, ay), (bx, by) in segments:
+        steps = max(1, int(max(abs(bx - ax), abs(by - ay))))  # one sample per pixel
+        if any(x0 <= ax + (bx - ax) * i / steps <= x1 and y0 <= ay + (by - ay) * i / steps <= y1
+               for i in range(steps + 1)):
+            return True
+    return False
+
+
+def place_label(d: ImageDraw.ImageDraw, text: str, font, at: tuple, segments: list,
+                taken: list, frame: tuple) -> tuple:
+    """The box (left, top, right, bottom) for `text` next to the point `at`: the nearest of
+    the spots around it that stays inside `frame` and touches no line segment and no box in
+    `taken` (points' markers and labels already placed)."""
+    tw, th = d.textbbox((0, 0), text, font=font)[2:]
+    x, y = at
+    spots = []
+    for gap in (12, 20, 32, 48):
+        spots += [(x + gap, y - th / 2), (x - gap - tw, y - th / 2),  # right, left
+                  (x + gap, y - gap - th), (x - gap - tw, y - gap - th),  # above
+                  (x + gap, y + gap), (x - gap - tw, y + gap),  # below
+                  (x - tw / 2, y - gap - th), (x - tw / 2, y + gap)]
+    for left, top in spots:
+        box = (left, top, left + tw, top + th)
+        inside = (box[0] >= frame[0] + 4 and box[1] >= frame[1] + 4 and box[2] <= frame[2] - 4
+                  and box[3] <= frame[3] - 4)
+        if inside and not _hits(box, segments) and not any(
+                box[0] < b[2] + 3 and b[0] < box[2] + 3 and box[1] < b[3] + 3 and
+                b[1] < box[3] + 3 for b in taken):
+            return box
+    return (x + 12, y - th / 2, x + 12 + tw, y + th / 2)  # nowhere free: beside the point
+
+
+def draw(rows: list, title: str, path: str, size: tuple = (900, 620)) -> tuple:
+    """PSNR-Y (x) against NIQE (y) as a PNG: the strengths joined by a line and labelled (each
+    label where it overlaps no line, marker or other label), Bicubic a square; HR (no PSNR:
+    it is the reference) a dashed line at its NIQE. Returns [(label, box)], the line and the
+    frame for checking."""
     w, h = size
     left, right, top, bottom = 90, 40, 60, 70
     img = Image.new('RGB', size, 'white')
@@ -108,23 +145,41 @@ def draw(rows: list, title: str, path: str, size: tuple = (900, 620)) -> None:
     img.paste(text, (12, int(h / 2 - text.height / 2)))
     d.text((w / 2, 25), title, fill='black', font=font, anchor='mm')
 
+    frame = (left, top, w - right, h - bottom)
     _, y_hr = px(x0, hr['niqe'])
     for x in range(left, w - right, 14):
         d.line([x, y_hr, min(x + 7, w - right), y_hr], fill=(0, 140, 0), width=2)
-    d.text((w - right - 6, y_hr - 4), f"HR (NIQE {hr['niqe']:.2f})", fill=(0, 120, 0),
-           font=small, anchor='rb')
     points = [px(r['psnr_y'], r['niqe']) for r in blends]
     d.line(points, fill=(40, 80, 200), width=3)
-    for r, (x, y) in zip(blends, points):
+    for x, y in points:
         d.ellipse([x - 6, y - 6, x + 6, y + 6], fill=(40, 80, 200))
-        right_side = x > left + 0.8 * (w - left - right)  # keep the label inside the frame
-        d.text((x - 10 if right_side else x + 10, y - 10), f"strength {r['strength']:g}",
-               fill='black', font=small, anchor='rb' if right_side else 'lb')
-    x, y = px(bicubic['psnr_y'], bicubic['niqe'])
-    d.rectangle([x - 6, y - 6, x + 6, y + 6], fill=(200, 60, 40))
-    d.text((x + 10, y + 4), 'Bicubic', fill=(170, 40, 20), font=small, anchor='lt')
+    bx, by = px(bicubic['psnr_y'], bicubic['niqe'])
+    d.rectangle([bx - 6, by - 6, bx + 6, by + 6], fill=(200, 60, 40))
+    segments = list(zip(points, points[1:])) + [((left, y_hr), (w - right, y_hr))]
+    taken = [(x - 7, y - 7, x + 7, y + 7) for x, y in points + [(bx, by)]]
+    hr_label = f"HR (NIQE {hr['niqe']:.2f})"
+    tw, th = d.textbbox((0, 0), hr_label, font=small)[2:]
+    hr_box = next((b for b in [(w - right - 6 - tw, y_hr - 6 - th, w - right - 6, y_hr - 6),
+                               (w - right - 6 - tw, y_hr + 6, w - right - 6, y_hr + 6 + th)]
+                   if not _hits(b, segments[:-1]) and not any(
+                       b[0] < t[2] and t[0] < b[2] and b[1] < t[3] and t[1] < b[3]
+                       for t in taken)), None) or (w - right - 6 - tw, y_hr - 6 - th,
+                                                  w - right - 6, y_hr - 6)
+    d.text(hr_box[:2], hr_label, fill=(0, 120, 0), font=small)
+    placed = [(hr_label, hr_box)]
+    taken.append(hr_box)
+    for r, at in zip(blends, points):
+        label = f"strength {r['strength']:g}"
+        box = place_label(d, label, small, at, segments, taken, frame)
+        d.text(box[:2], label, fill='black', font=small)
+        placed.append((label, box))
+        taken.append(box)
+    box = place_label(d, 'Bicubic', small, (bx, by), segments, taken, frame)
+    d.text(box[:2], 'Bicubic', fill=(170, 40, 20), font=small)
+    placed.append(('Bicubic', box))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     utils.atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
+    return placed, segments, frame
 
 
 def write_json(rows: list, path: str) -> None:

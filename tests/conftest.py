@@ -3,6 +3,7 @@ behaves like a trained one, a script's main() run in-process, one-line error che
 a training run leaves behind (history, checkpoints). Test files import them by name:
 `from conftest import natural, run_main`; the one_thread fixture pins torch to one thread."""
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,23 @@ from torch import nn
 from model import Generator
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark_set(name: str, *files: str) -> Path:
+    """A real benchmark folder (Set5, Set14 ...) for the tests that tie the metrics to published
+    numbers: $SRGAN_BENCHMARKS/NAME when that variable is set (CI sets it, so the folder or a
+    file in it missing FAILS the test), else data/NAME as `python scripts/download_data.py
+    benchmarks` leaves it (missing: the test is skipped)."""
+    root = os.environ.get('SRGAN_BENCHMARKS')
+    folder = Path(root or ROOT / 'data') / name
+    missing = [str(folder / f) for f in files if not (folder / f).is_file()]
+    if not folder.is_dir() or missing:
+        what = ', '.join(missing) if folder.is_dir() else str(folder)
+        if root:
+            pytest.fail(f'SRGAN_BENCHMARKS is set but {what} is missing')
+        pytest.skip(f'{what} not present (python scripts/download_data.py benchmarks, or set '
+                    'SRGAN_BENCHMARKS)')
+    return folder
 
 
 @pytest.fixture(scope='module')

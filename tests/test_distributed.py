@@ -251,7 +251,9 @@ def test_lightning_missing_gives_one_line_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, 'lightning', None)  # import lightning -> ImportError
     assert train.main(['--lightning', '--out_dir', str(tmp_path / 'run')]) == 2  # no package
     err = capsys.readouterr().err.strip()
-    assert err == 'error: --lightning needs the lightning package: python -m pip install lightning'
+    assert err == ("error: --lightning needs the lightning package: python -m pip install "
+                   "'lightning==2.6.6' (or every optional package: python -m pip install -r "
+                   "requirements-dev.txt)")
 
 
 def test_dp_on_cpu_warns_trains_one_device_and_saves_plain_keys(data, tmp_path, capsys):

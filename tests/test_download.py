@@ -181,6 +181,18 @@ def test_benchmark_checksum_mismatch_is_one_line_and_keeps_nothing(server, bench
     assert not any('/Set5/' in p for p, _ in server.requests)
 
 
+def test_failed_download_leaves_no_empty_folder(server, benchmarks, tmp_path, capsys):
+    del server.files['/selfexsr/data/Set5/image_SRF_4/img_001_SRF_4_HR.png']  # 404
+    data = tmp_path / 'new' / 'data'
+    assert get_benchmarks(server, data) == 1
+    assert 'HTTP 404' in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / 'new').exists()  # the folders this run made, gone again
+    kept = tmp_path / 'kept'
+    kept.mkdir()
+    assert get_benchmarks(server, kept) == 1
+    assert kept.is_dir() and not list(kept.iterdir())  # no empty Set5/, the user's folder kept
+
+
 def test_readme_path_download_then_evaluate(server, benchmarks, tmp_path):
     # README: `python scripts/download_data.py benchmarks`, then, from the repository's root,
     # `python evaluate.py --data data/Set5 data/Set14 ...` with the shipped weights.

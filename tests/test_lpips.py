@@ -111,6 +111,6 @@ def test_unreadable_cached_file_is_one_line_error(hub):
 
 def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, 'lpips', None)
-    with pytest.raises(utils.LPIPSError, match='^LPIPS needs the lpips package: '
-                                               'python -m pip install lpips$'):
+    with pytest.raises(utils.LPIPSError, match="^LPIPS needs the lpips package: "
+                                               "python -m pip install 'lpips==0.1.4' "):
         utils.LPIPS(backbone='random')

@@ -194,11 +194,24 @@ def test_compare_is_bicubic_beside_sr(files, tmp_path, capsys):
     assert cmp_info['rate'] == RATE and cmp_info['audio'] == []
     sr, side = decode(tmp_path / 'sr_clip.mp4'), decode(tmp_path / 'compare_clip.mp4')
     assert len(side) == N
+    labels = test_video.compare_labels(W * SCALE, H * SCALE)
+    assert [left for left, _, _ in labels] == [labels[0][0], W * SCALE + labels[0][0]]
     for frame, s, c in zip(files['frames'], sr, side):
-        left, right = c[:, :W * SCALE], c[:, W * SCALE:]
-        assert np.array_equal(right, s)  # lossless 4:4:4: the same pixels, the same rounding
         lr = torch.from_numpy(frame).permute(2, 0, 1).float() / 255
-        assert max_diff(left, utils.to_uint8(utils.imresize(lr, SCALE))) <= 2  # codec only
+        expected = np.concatenate([utils.to_uint8(utils.imresize(lr, SCALE)), s], axis=1)
+        caption = np.zeros(c.shape[:2], bool)
+        for left, top, patch in labels:  # white text on black, top left of each half
+            ph, pw = patch.shape[:2]
+            caption[top:top + ph, left:left + pw] = True
+            assert max_diff(c[top:top + ph, left:left + pw], patch) <= 2
+        # elsewhere: bicubic | SR themselves (lossless 4:4:4, the codec's rounding only)
+        assert np.abs(c.astype(int) - expected.astype(int))[~caption].max() <= 2
+        keep = ~caption[:, W * SCALE:]
+        assert np.array_equal(c[:, W * SCALE:][keep], s[keep])  # SR: the same pixels exactly
+    # the captions: "Bicubic" on the left half, the shorter "SR" on the right
+    (_, _, bicubic_patch), (_, _, sr_patch) = labels
+    assert bicubic_patch.shape[1] > sr_patch.shape[1] and bicubic_patch.shape[1] < W * SCALE
+    assert bicubic_patch.max() == 255 and bicubic_patch.min() == 0
 
 
 def test_a_part_of_the_video(files, tmp_path, capsys):
