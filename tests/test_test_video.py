@@ -211,7 +211,7 @@ def test_compare_is_bicubic_beside_sr(files, tmp_path, capsys):
     # the captions: "Bicubic" on the left half, the shorter "SR" on the right
     (_, _, bicubic_patch), (_, _, sr_patch) = labels
     assert bicubic_patch.shape[1] > sr_patch.shape[1] and bicubic_patch.shape[1] < W * SCALE
-    assert bicubic_patch.max() == 255 and bicubic_patch.min() == 0
+    assert bicubic_patch.max() >= 200 and bicubic_patch.min() == 0  # antialiased white text
 
 
 def test_a_part_of_the_video(files, tmp_path, capsys):
