@@ -28,8 +28,9 @@ import sys
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from utils import (EXIT_FAILED, MAX_MEGAPIXELS, ImageError, UsageError, atomic_write,
-                   check_pixels, error, fail, load_image, number, set_max_megapixels, to_uint8)
+from utils import (EXIT_FAILED, Default, ImageError, SRError, UsageError, add_flags,
+                   atomic_write, check_input, check_pixels, error, load_image, script,
+                   set_max_megapixels, to_uint8)
 from utils import save_pil as save  # the format from the extension (else PNG), atomically
 
 # Distinct colours for boxes 0, 1, 2, ... (repeats after the last).
@@ -43,7 +44,7 @@ MIN_DISPLAY = 160   # patches smaller than this are enlarged (nearest neighbour)
 CROP_BORDER = 2     # width of the coloured frame around each saved patch
 
 
-class CropError(Exception):
+class CropError(SRError):
     """A coordinates file that cannot be used, or a cancelled selection; str() is the one-line
     message. Bad flags raise utils.UsageError."""
 
@@ -330,17 +331,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                                             'compare them side by side.')
     p.add_argument('--image', nargs='+', required=True,
                    help='images to crop; boxes are given in the first one\'s pixels')
-    p.add_argument('--coords', help='JSON coords file saved by an earlier run')
+    p.add_argument('--coords', help='JSON coords file saved by an earlier run '
+                                    '(default: --box, else select in a window)')
     p.add_argument('--box', action='append', default=[], metavar='X,Y,W,H',
-                   help='a box in the first image (repeatable)')
+                   help='a box in the first image; repeatable (default: --coords, else select '
+                        'in a window)')
     p.add_argument('--labels', help='comma-separated captions, one per image '
                                     '(default: the file names without extension)')
-    p.add_argument('--out_dir', help='folder for every output: crops, annotated images, '
-                                     'comparisons and the boxes (default: crops and annotated '
-                                     'images next to each image, the rest next to the first)')
-    p.add_argument('--max_megapixels', type=number(float, 0, low_open=True),
-                   default=MAX_MEGAPIXELS,
-                   help='refuse larger images (checked from the file header, before decoding)')
+    add_flags(p, 'out_dir', 'max_megapixels',
+              out_dir=Default(None, 'crops and annotated images next to each image, the '
+                                    'comparisons and the boxes next to the first'))
     argv = sys.argv[1:] if argv is None else list(argv)
     # argparse takes '-5,0,10,10' for an option: glue such a value to its --box
     for i in range(len(argv) - 1, 0, -1):
@@ -352,8 +352,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def get_boxes(args: argparse.Namespace, first: Image.Image) -> tuple:
     """(boxes in the first image's pixels, their colours), from --coords, --box or the
     window."""
-    if args.coords and args.box:
-        raise UsageError('give either --coords or --box, not both')
     if args.coords:
         return load_coords(args.coords, first.size)
     if args.box:
@@ -377,13 +375,18 @@ def get_boxes(args: argparse.Namespace, first: Image.Image) -> tuple:
     return boxes, colors
 
 
+@script
 def main(argv=None) -> int:
     args = parse_args(argv)
     labels = ([s.strip() for s in args.labels.split(',')] if args.labels else
               [os.path.splitext(os.path.basename(p))[0] for p in args.image])
     if len(labels) != len(args.image):
-        return fail(UsageError(f'--labels gives {len(labels)} label(s) for {len(args.image)} '
-                               'image(s)'))
+        raise UsageError(f'--labels gives {len(labels)} label(s) for {len(args.image)} '
+                         'image(s)')
+    if args.coords and args.box:
+        raise UsageError('give either --coords or --box, not both')
+    for path in args.image + ([args.coords] if args.coords else []):
+        check_input(path)
     set_max_megapixels(args.max_megapixels)
     images, failed = {}, 0
     for path in args.image:
@@ -396,16 +399,13 @@ def main(argv=None) -> int:
     first = args.image[0]
     if first not in images:
         return EXIT_FAILED
-    try:
-        if args.out_dir:
-            try:
-                os.makedirs(args.out_dir, exist_ok=True)
-            except OSError as e:
-                raise UsageError(f'{args.out_dir}: cannot create the output folder '
-                                 f'({e.strerror or e})') from None
-        boxes, colors = get_boxes(args, images[first])
-    except (UsageError, CropError) as e:
-        return fail(e)
+    if args.out_dir:
+        try:
+            os.makedirs(args.out_dir, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f'{args.out_dir}: cannot create the output folder '
+                             f'({e.strerror or e})') from None
+    boxes, colors = get_boxes(args, images[first])
 
     patches = [[] for _ in boxes]
     kept_labels = []

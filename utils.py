@@ -1910,7 +1910,7 @@ def inference_setup(args: argparse.Namespace) -> tuple:
     if tile and tile <= 2 * overlap:
         raise UsageError(f'--tile {tile} must be 0 or larger than twice --tile_overlap '
                          f'({overlap})')
-    device = device_for(args.cuda)
+    device = device_for(getattr(args, 'cuda', False))
     return device, autocast_dtype(getattr(args, 'amp', 'off'), device)
 
 

@@ -320,8 +320,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# Exit statuses (README.md, "Conventions"; this script keeps them without importing utils and
+# torch): 2 when the command cannot run as given, 1 when a download failed, 130 for Ctrl-C.
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # the one input this command names: a folder it can create and write in
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(args.data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(13, 'folder not writable', str(args.data_dir))
+    except OSError as e:
+        print(f'error: --data_dir {e.filename or args.data_dir}: {e.strerror or e}',
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         with made_folder(args.data_dir):
             if args.command in ('benchmarks', 'all'):
@@ -333,15 +346,15 @@ def main(argv=None) -> int:
                 splits = ['train', 'valid'] if args.command == 'all' or args.valid else ['train']
                 for split in splits:
                     get_div2k(split, args.data_dir, args.div2k_url.rstrip('/'), args.retries)
-    except DownloadError as e:
+    except DownloadError as e:  # a server, a transfer or a file that failed: the work failed
         print(f'error: {e}', file=sys.stderr)
-        return 1
-    except OSError as e:  # a full disk, a folder that cannot be written
+        return EXIT_FAILED
+    except OSError as e:  # a full disk, a file that cannot be written
         print(f'error: {e.filename or args.data_dir}: {e.strerror or e}', file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        print('interrupted: run the same command again to resume', file=sys.stderr)
-        return 130
+        print('error: interrupted; run the same command again to resume', file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils import (EXIT_FAILED, CheckpointError, UsageError, atomic_write,  # noqa: E402
-                   error, fail, inference_model, load_generator, output_problem, require,
-                   write_failure)
+from utils import (SRError, UsageError, add_flags, atomic_write,  # noqa: E402
+                   generator_from_flags, inference_model, output_problem, require, script,
+                   super_resolve, write_failure)
 
 FP32_TOLERANCE = 1e-4
 # fp16 keeps 11 significant bits, so every layer rounds its output by up to 2^-11 of its size
@@ -42,7 +42,7 @@ CHECK_SHAPE = (1, 3, 45, 71)   # the self-check: another batch size, odd sides, 
 OPSET = 18  # the lowest the torch.export-based exporter writes; onnxruntime >= 1.14 runs it
 
 
-class ExportError(Exception):
+class ExportError(SRError):
     """The export failed or its check did not pass; str() names the file."""
 
 
@@ -71,13 +71,14 @@ def to_onnx(model: nn.Module, path: str, opset: int) -> None:
 
 def check(path: str, reference: nn.Module, tolerance: float, seed: int = 0) -> float:
     """Largest absolute difference between onnxruntime on `path` and `reference` (the
-    unfused fp32 generator, so BatchNorm folding is checked too) on a random CHECK_SHAPE input. Raises ExportError when it exceeds `tolerance`."""
+    unfused fp32 generator, so BatchNorm folding is checked too, run through
+    utils.super_resolve as a whole image, as the ONNX graph runs) on a random CHECK_SHAPE
+    input. Raises ExportError when it exceeds `tolerance`."""
     import onnxruntime as ort
     x = torch.rand(CHECK_SHAPE, generator=torch.Generator().manual_seed(seed))
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     got = session.run(None, {'lr': x.numpy()})[0]
-    with torch.inference_mode():
-        want = reference(x).numpy()
+    want = super_resolve(reference, x, reference.upscale_factor, tile=0).numpy()
     if got.shape != want.shape:
         raise ExportError(f'onnxruntime gave shape {got.shape} for a {CHECK_SHAPE} input, '
                           f'PyTorch {want.shape}')
@@ -88,12 +89,10 @@ def check(path: str, reference: nn.Module, tolerance: float, seed: int = 0) -> f
     return diff
 
 
-def export(weight: str, output: str, opset: int = OPSET, fp16: bool = False) -> dict:
-    """Export, check and (only then) write `output`; returns what to report.
-
-    Raises CheckpointError for an unusable weights file, ExportError for a failed export or
-    check, OSError when `output` cannot be written."""
-    generator = load_generator(weight)
+def export(generator: nn.Module, output: str, opset: int = OPSET, fp16: bool = False) -> dict:
+    """Export a loaded `generator`, check and (only then) write `output`; returns what to
+    report. Raises ExportError for a failed export or check, OSError when `output` cannot be
+    written."""
     model = inference_model(generator, torch.device('cpu'))
     model = model.to(memory_format=torch.contiguous_format)  # layout means nothing in ONNX
     result = {}
@@ -120,32 +119,29 @@ def export(weight: str, output: str, opset: int = OPSET, fp16: bool = False) -> 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Export a generator to ONNX (dynamic batch, '
                                             'height and width), checked with onnxruntime.')
-    p.add_argument('--weight', required=True, help='generator weights file (train.py\'s, or '
-                                                   'a bare generator state_dict)')
+    add_flags(p, 'weight', 'upscale_factor')
     p.add_argument('--output', required=True, help='the .onnx file to write')
-    p.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (default {OPSET})')
+    p.add_argument('--opset', type=int, default=OPSET,
+                   help=f'ONNX opset (default: {OPSET})')
     p.add_argument('--fp16', action='store_true',
-                   help='float16 weights and activations (float32 input and output)')
+                   help='float16 weights and activations, float32 input and output '
+                        '(default: float32 throughout)')
     return p.parse_args(argv)
 
 
+@script
 def main(argv=None) -> int:
     args = parse_args(argv)
     problem = output_problem(args.output)  # before the export (README.md, "Conventions")
     if problem:
-        return fail(UsageError(f'--output {problem}'))
-    try:  # torch.onnx.export needs onnx and onnxscript; the check runs onnxruntime
-        for module in ('onnx', 'onnxscript', 'onnxruntime'):
-            require(module, 'scripts/export_onnx.py')
-    except UsageError as e:
-        return fail(e)
+        raise UsageError(f'--output {problem}')
+    for module in ('onnx', 'onnxscript', 'onnxruntime'):  # export: the first two; check: the third
+        require(module, 'scripts/export_onnx.py')
+    generator = generator_from_flags(args, torch.device('cpu'))
     try:
-        r = export(args.weight, args.output, args.opset, args.fp16)
-    except (CheckpointError, ExportError) as e:
-        return fail(e)
+        r = export(generator, args.output, args.opset, args.fp16)
     except OSError as e:
-        error(write_failure(args.output, e))
-        return EXIT_FAILED
+        raise SRError(write_failure(args.output, e)) from None
     cfg = r['config']
     tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
     print(f"{args.output}: x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks), "

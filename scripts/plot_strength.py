@@ -22,19 +22,19 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import utils  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def score(folder: str, psnr_weight: str, gan_weight: str, strengths: list, scale: int,
-          tile: int = 0) -> list:
-    """[{'method', 'strength', 'psnr_y', 'niqe'}] for Bicubic, HR and every strength."""
+def score(folder: str, psnr_weight: str, gan_weight: str, strengths: list, scale: int = None,
+          tile: int = None, paths: list = None) -> tuple:
+    """(scale, rows): rows [{'method', 'strength', 'psnr_y', 'niqe'}] for Bicubic, HR and every
+    strength; `scale` None takes the weights files' own."""
     import torch
+    blends = {f'{s:g}': utils.load_blend(psnr_weight, gan_weight, s, scale) for s in strengths}
+    scale = scale or next(iter(blends.values())).upscale_factor
     methods = {'Bicubic': utils.bicubic_method(scale)}
-    for s in strengths:
-        blend = utils.load_blend(psnr_weight, gan_weight, s, scale)
-        methods[f'{s:g}'] = utils.generator_method(blend, scale, torch.device('cpu'), tile=tile)
+    for name, blend in blends.items():
+        methods[name] = utils.generator_method(blend, scale, torch.device('cpu'), tile=tile)
     per = {name: {'psnr_y': [], 'niqe': []} for name in [*methods, 'HR']}
-    for path in utils.find_images(folder, recursive=False):
+    for path in paths or utils.find_images(folder, recursive=False):
         hr, lr = utils.load_hr_lr(path, scale)
         per['HR']['niqe'].append(utils.niqe(hr, crop_border=scale))
         for name, method in methods.items():
@@ -50,7 +50,7 @@ def score(folder: str, psnr_weight: str, gan_weight: str, strengths: list, scale
         if values['psnr_y']:
             row['psnr_y'] = statistics.fmean(values['psnr_y'])
         rows.append(row)
-    return rows
+    return scale, rows
 
 
 def _font(size: int):
@@ -192,39 +192,52 @@ def write_json(rows: list, path: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--data', default='data/Set14', help='folder of HR images')
-    p.add_argument('--weight_psnr', default=os.path.join(ROOT, 'weights', 'srresnet_x4.pth'),
-                   help='strength 0: the SRResNet weights')
-    p.add_argument('--weight', default=os.path.join(ROOT, 'weights', 'srgan_x4.pth'),
-                   help='strength 1: the SRGAN weights (same scale and settings)')
+    p.add_argument('--data', default='data/Set14', help='folder of HR images (default: %(default)s)')
+    p.add_argument('--weight_psnr', default=None, metavar='PATH',
+                   help='strength 0: the SRResNet weights (default: weights/srresnet_x{S}.pth)')
+    utils.add_flags(p, 'weight', 'upscale_factor', 'tile',
+                    weight=utils.Default(None, 'weights/srgan_x{S}.pth, strength 1'))
     p.add_argument('--strengths', nargs='+', type=utils.number(float, 0, 1),
-                   default=[0, 0.25, 0.5, 0.75, 1])
-    p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8])
-    p.add_argument('--tile', type=utils.number(int, 0), default=0,
-                   help='LR tile side for the generators (0 = whole images)')
-    p.add_argument('--out', default='images/strength_tradeoff.png', help='the plot (PNG)')
-    p.add_argument('--json', help='also write the scores here')
-    p.add_argument('--from_json', help='draw these saved scores instead of computing them')
+                   default=[0, 0.25, 0.5, 0.75, 1], metavar='S',
+                   help='detail strengths to score (default: 0 0.25 0.5 0.75 1)')
+    p.add_argument('--out', default='images/strength_tradeoff.png',
+                   help='the plot, PNG (default: %(default)s)')
+    p.add_argument('--json', help='also write the scores here (default: none)')
+    p.add_argument('--from_json', help='draw these saved scores instead of computing them '
+                                       '(default: compute them)')
     return p.parse_args(argv)
 
 
+@utils.script
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.from_json:
+    # every input and output is checked before any model is built
+    for flag, path in (('--out', args.out), ('--json', args.json)):
+        problem = path and utils.output_problem(path)
+        if problem:
+            raise utils.UsageError(f'{flag} {problem}')
+    if args.from_json:
+        utils.check_input(args.from_json)
+        try:
             with open(args.from_json) as f:
                 rows = json.load(f)
-        else:
-            rows = score(args.data, args.weight_psnr, args.weight, args.strengths,
-                         args.upscale_factor, args.tile)
-    except (utils.ImageError, utils.CheckpointError, ValueError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+        except (OSError, ValueError) as e:
+            raise utils.SRError(f'{args.from_json}: not a scores file ({e})') from None
+        scale = args.upscale_factor or utils.DEFAULT_SCALE
+    else:
+        utils.inference_setup(args)  # --tile against --tile_overlap
+        paths = utils.find_images(args.data, recursive=False)
+        default_scale = args.upscale_factor or utils.DEFAULT_SCALE
+        gan = utils.check_input(args.weight.path if args.weight
+                                else utils.default_weight(default_scale))
+        psnr = utils.check_input(args.weight_psnr or utils.default_weight(
+            default_scale, 'srresnet', '--weight_psnr'))
+        scale, rows = score(args.data, psnr, gan, args.strengths, args.upscale_factor,
+                            args.tile, paths)
     if args.json:
         write_json(rows, args.json)
     name = os.path.basename(os.path.normpath(args.data))
-    draw(rows, f'Detail strength on {name} x{args.upscale_factor}: SRResNet (0) to SRGAN (1)',
-         args.out)
+    draw(rows, f'Detail strength on {name} x{scale}: SRResNet (0) to SRGAN (1)', args.out)
     for r in rows:
         label = r['method'] if r['strength'] is None else f"strength {r['strength']:g}"
         psnr = f"{r['psnr_y']:.2f} dB" if 'psnr_y' in r else '-'

@@ -113,47 +113,51 @@ def adapt(g: Generator, dataset, patches: int, iters: int, batch: int, lr: float
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--weight', required=True, help='generator weights file of any scale')
-    p.add_argument('--upscale_factor', type=int, choices=(2, 4, 8), required=True,
-                   help='scale of the generator to build')
-    p.add_argument('--output', required=True, help='weights file to write')
-    p.add_argument('--adapt_dir', default=None,
-                   help='training images: fit the upsample blocks and tail on crops of them, '
-                        'body frozen (default: no fitting)')
-    p.add_argument('--patches', type=int, default=512, help='crops whose features are cached')
-    p.add_argument('--iters', type=int, default=1000, help='fitting steps')
-    p.add_argument('--batch_size', type=int, default=16)
-    p.add_argument('--crop_size', type=int, default=96, help='HR crop size')
-    p.add_argument('--lr', type=float, default=5e-4, help='initial learning rate (cosine decay)')
-    p.add_argument('--time_limit', type=float, default=0,
-                   help='minutes; stop fitting when this passes (0: none)')
-    p.add_argument('--seed', type=int, default=0)
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    utils.add_flags(p, 'weight', weight=utils.Default(
+        utils.WeightSpec('srresnet_x4', utils.DEFAULT_WEIGHTS[4]['srresnet']),
+        'weights/srresnet_x4.pth, the shipped SRResNet'))
+    # not the shared --upscale_factor: here it is the scale to build, not the file's
+    p.add_argument('--upscale_factor', type=int, choices=sorted(utils.DEFAULT_WEIGHTS),
+                   required=True, help='scale of the generator to build (required)')
+    p.add_argument('--output', required=True, help='weights file to write (required)')
+    p.add_argument('--adapt_dir', default=None, metavar='DIR',
+                   help=utils.described('training images: fit the upsample blocks and tail on '
+                                        'crops of them, body frozen', 'no fitting'))
+    positive, number = utils.number(int, 1), utils.number(float, 0)
+    for flag, kind, default, text in (
+            ('--patches', positive, 512, 'crops whose features are cached'),
+            ('--iters', positive, 1000, 'fitting steps'),
+            ('--batch_size', positive, 16, 'crops per fitting step'),
+            ('--crop_size', positive, 96, 'HR crop size'),
+            ('--lr', utils.number(float, 0, low_open=True), 5e-4,
+             'initial learning rate (cosine decay)'),
+            ('--time_limit', number, 0, 'minutes; stop fitting when this passes, 0: none'),
+            ('--seed', utils.number(int, 0), 0, 'random seed of the crops and new layers')):
+        p.add_argument(flag, type=kind, default=default, help=utils.described(text, default))
     return p.parse_args(argv)
 
 
+@utils.script
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:  # what can be checked before the work (README.md, "Conventions")
-        problem = utils.output_problem(args.output)
-        if problem:
-            raise utils.UsageError(f'--output {problem}')
-        source = utils.load_generator(args.weight)
-    except (utils.UsageError, utils.CheckpointError) as e:
-        return utils.fail(e)
+    # what can be checked before the work (README.md, "Conventions")
+    problem = utils.output_problem(args.output)
+    if problem:
+        raise utils.UsageError(f'--output {problem}')
+    weight = utils.check_input(args.weight.path)
+    if args.adapt_dir:
+        utils.check_input(args.adapt_dir, 'folder')
+    source = utils.load_generator(weight)
     torch.manual_seed(args.seed)
     target = transfer(source, args.upscale_factor)
     from_scale = source.upscale_factor
-    history = utils.load_checkpoint(args.weight).get('variant')  # keep the file's provenance
-    note = (f'transferred from the x{from_scale} generator {os.path.basename(args.weight)}'
+    history = utils.load_checkpoint(weight).get('variant')  # keep the file's provenance
+    note = (f'transferred from the x{from_scale} generator {os.path.basename(weight)}'
             f"{f' ({history})' if isinstance(history, str) else ''} by "
             'scripts/transfer_scale.py; ')
     if args.adapt_dir:
-        try:
-            dataset = utils.TrainSet(args.adapt_dir, args.upscale_factor, args.crop_size)
-        except (utils.UsageError, utils.ImageError) as e:
-            return utils.fail(e)
+        dataset = utils.TrainSet(args.adapt_dir, args.upscale_factor, args.crop_size)
         done = adapt(target, dataset, args.patches, args.iters, args.batch_size, args.lr,
                      args.time_limit)
         note += (f"upsample blocks and tail fitted {done['steps']} steps (batch "
@@ -164,10 +168,9 @@ def main(argv=None) -> int:
     try:
         utils.save_weights(target, args.output, mode='generator', variant=note, epoch=0)
     except OSError as e:
-        utils.error(utils.write_failure(args.output, e))
-        return utils.EXIT_FAILED
+        raise utils.SRError(utils.write_failure(args.output, e)) from None
     new = max(0, len(target.upsample) - len(source.upsample))
-    print(f'{args.output}: x{args.upscale_factor} generator from x{from_scale} {args.weight}; '
+    print(f'{args.output}: x{args.upscale_factor} generator from x{from_scale} {weight}; '
           f'{len(target.upsample)} upsample blocks, {new} new (ICNR)')
     return 0
 

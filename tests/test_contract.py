@@ -2,10 +2,16 @@
 carry their exit status, run_main / @script turning one into a single stderr line, the shared
 flags defined once (utils.add_flags), and the default weights per scale."""
 import argparse
+import importlib.util
+import subprocess
+import sys
 
 import pytest
+from PIL import Image
 
 import utils
+from conftest import ROOT, natural, run_main
+from model import Generator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,3 +128,109 @@ def test_default_weights_cover_every_scale_flag_choice():
     for scale, files in utils.DEFAULT_WEIGHTS.items():
         assert files == {'srresnet': f'{utils.WEIGHTS_DIR}/srresnet_x{scale}.pth',
                          'srgan': f'{utils.WEIGHTS_DIR}/srgan_x{scale}.pth'}
+
+
+# ---------------------------------------------------------------------------------------------
+# Every script keeps the contract: a missing input exits 2, a bad flag 2, a corrupt input 1,
+# each with exactly one line on stderr; inputs are checked before any model is built
+# ---------------------------------------------------------------------------------------------
+
+def load_script(name: str):
+    """A script by file name (the root's, or scripts/'s), imported as a module."""
+    path = ROOT / name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    """A tiny weights file, an image folder, and corrupt versions of each kind of input."""
+    root = tmp_path_factory.mktemp('contract')
+    weight = root / 'tiny_x4.pth'
+    utils.save_weights(Generator(4, num_blocks=1, channels=8), str(weight))
+    images = root / 'images'
+    images.mkdir()
+    Image.fromarray(natural(48, 48)).save(images / 'a.png')
+    (root / 'bad.png').write_text('not an image')
+    (root / 'bad.mp4').write_text('not a video')
+    (root / 'bad.pth').write_bytes(b'not a weights file')
+    (root / 'a_file').write_text('a file, not a folder')
+    return root
+
+
+# script -> (argv with a missing input, argv with a corrupt input or None); M = a missing
+# folder, I = the inputs, O = an output folder
+CASES = {
+    'test_image.py': (['--image', 'M/no.png', '--weight', 'I/tiny_x4.pth', '--out_dir', 'O'],
+                      ['--image', 'I/bad.png', '--weight', 'I/tiny_x4.pth', '--out_dir', 'O']),
+    'test_video.py': (['--video', 'M/no.mp4', '--weight', 'I/tiny_x4.pth', '--out_dir', 'O'],
+                      ['--video', 'I/bad.mp4', '--weight', 'I/tiny_x4.pth', '--out_dir', 'O']),
+    'evaluate.py': (['--data', 'M/Set5'],
+                    ['--data', 'I/images', '--weight', 'I/bad.pth']),
+    'get_img_crop.py': (['--image', 'M/no.png', '--box', '0,0,4,4'],
+                        ['--image', 'I/bad.png', '--box', '0,0,4,4', '--out_dir', 'O']),
+    'train.py': (['--trainset_dir', 'M/train', '--out_dir', 'O/run', '--epochs', '1'],
+                 ['--trainset_dir', 'I/images', '--pretrain', 'I/bad.pth', '--out_dir', 'O/run',
+                  '--epochs', '1', '--num_blocks', '1', '--workers', '0', '--crop_size', '32']),
+    'scripts/plot_strength.py': (['--data', 'M/Set14', '--out', 'O/p.png'],
+                                 ['--data', 'I/images', '--weight', 'I/bad.pth',
+                                  '--weight_psnr', 'I/tiny_x4.pth', '--out', 'O/p.png']),
+    'scripts/export_onnx.py': (['--weight', 'M/no.pth', '--output', 'O/g.onnx'],
+                               ['--weight', 'I/bad.pth', '--output', 'O/g.onnx']),
+    'scripts/transfer_scale.py': (['--weight', 'M/no.pth', '--upscale_factor', '2',
+                                   '--output', 'O/g.pth'],
+                                  ['--weight', 'I/bad.pth', '--upscale_factor', '2',
+                                   '--output', 'O/g.pth']),
+    # its input is a server (tests/test_download.py serves broken files); here the folder
+    'scripts/download_data.py': (['benchmarks', '--data_dir', 'I/a_file/data'], None),
+}
+
+
+def fill(argv: list, inputs, tmp_path) -> list:
+    places = {'M': str(tmp_path / 'missing'), 'I': str(inputs), 'O': str(tmp_path / 'out')}
+    return [places[a[0]] + a[1:] if a[:2] in ('M/', 'I/') or a in ('M', 'I', 'O')
+            or a.startswith('O/') else a for a in argv]
+
+
+def run_script(name: str, argv: list, capsys) -> tuple:
+    return run_main(load_script(name).main, argv, capsys)
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_missing_input_exits_2_with_one_line_before_any_model(name, inputs, tmp_path, capsys,
+                                                              monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError('a model was built before the inputs were checked')
+    monkeypatch.setattr(Generator, '__init__', no_model)
+    rc, out, err = run_script(name, fill(CASES[name][0], inputs, tmp_path), capsys)
+    assert rc == 2, err
+    assert err.count('\n') == 1 and err.startswith('error: ') and 'Traceback' not in err, err
+    assert str(tmp_path / 'missing') in err or 'a_file' in err
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_bad_flag_exits_2(name, capsys):
+    rc, out, err = run_script(name, ['--no_such_flag'], capsys)
+    assert rc == 2 and 'error: ' in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('name', [n for n, (_, corrupt) in CASES.items() if corrupt])
+def test_corrupt_input_exits_1_with_one_line(name, inputs, tmp_path, capsys):
+    rc, out, err = run_script(name, fill(CASES[name][1], inputs, tmp_path), capsys)
+    assert rc == 1, err
+    assert err.count('\n') == 1 and err.startswith('error: ') and 'Traceback' not in err, err
+    assert f'{inputs}/bad.' in err
+
+
+def test_a_shell_sees_the_same_status_and_line(inputs, tmp_path):
+    """The status of the process and its one line, as a shell sees them (download_data.py:
+    the one script that starts without torch, so this stays fast)."""
+    blocked = inputs / 'a_file' / 'data'
+    res = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'download_data.py'),
+                          'benchmarks', '--data_dir', str(blocked)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and res.stdout == ''
+    assert res.stderr.count('\n') == 1 and res.stderr.startswith('error: --data_dir ')
