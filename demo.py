@@ -12,7 +12,7 @@ it side by side, enlarged with nearest neighbour (get_img_crop.py's drawing). Th
 PNG bit-equal to test_image.py's sr_ file for a PNG input with the same settings (for another
 input format, the same pixels in a PNG rather than in the input's format).
 
-The work is test_image.py's: process_image (utils.super_resolve's tiling, precision and memory
+The work is test_image.py's: utils.process_image (utils.super_resolve's tiling, precision and memory
 bound), utils.load_generator and load_blend. Requests run one at a time. Every file the page
 writes (uploads, results, Gradio's cache) lives in one temporary folder, removed on exit. The
 server listens on 127.0.0.1 only, unless --host says otherwise; --share also asks Gradio for a
@@ -28,13 +28,14 @@ import threading
 from dataclasses import dataclass
 
 import torch
+from PIL import Image, ImageDraw
 
-import get_img_crop as crop
-from test_image import Options, is_grayscale, process_image, to_grayscale
-from utils import (MAX_MEGAPIXELS, TILE_OVERLAP, CheckpointError, ImageError, UsageError,
-                   autocast_dtype, check_pixels, device_for, fail, imresize, inference_model,
-                   list_images, load_blend, load_generator, load_image, number,
-                   set_max_megapixels, super_resolve)
+from utils import (MAX_MEGAPIXELS, PALETTE, TILE_OVERLAP, CheckpointError, CropError,
+                   ImageError, PhotoOptions, UsageError, annotate, autocast_dtype, check_box,
+                   check_pixels, comparison, default_colors, device_for, fail, imresize,
+                   inference_model, is_grayscale, line_width, list_images, load_blend,
+                   load_generator, load_image, number, parse_box, process_image, read_rgb,
+                   scale_box, set_max_megapixels, super_resolve, to_grayscale, to_uint8)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SAMPLES_DIR = os.path.join(ROOT, 'images')
@@ -165,7 +166,7 @@ class Worker:
         """Super-resolve as test_image.py does; raises ImageError or CheckpointError."""
         self.check_scale(inp, scale)
         net = self.generator(scale, model, strength)
-        opts = Options(scale=scale, out_dir=self.folder('results'), dtype=self.dtype)
+        opts = PhotoOptions(scale=scale, out_dir=self.folder('results'), dtype=self.dtype)
         try:
             out = process_image(inp.path, net, opts)
         except ImageError as e:
@@ -194,31 +195,31 @@ class Worker:
         inside = (slice(None), slice((y - y0) * s, (y - y0 + h) * s),
                   slice((x - x0) * s, (x - x0 + w) * s))
         sr = sr[inside].clamp(0, 1)
-        if alpha is not None:  # shown over white, as get_img_crop.read_rgb shows the files
+        if alpha is not None:  # shown over white, as utils.read_rgb shows the files
             a = imresize(alpha[:, y0:y1, x0:x1], s).clamp(0, 1)[inside]
             sr = sr * a + (1 - a)
-        return crop.Image.fromarray(crop.to_uint8(sr))
+        return Image.fromarray(to_uint8(sr))
 
     def comparison(self, result: Result, box: tuple):
         """get_img_crop.py's comparison picture of `box`: LR | Bicubic | SRResNet | [the blend]
         | SRGAN, the model of `result` cut from its file, the others computed around the box."""
-        lr = crop.read_rgb(result.input.path)
-        files = {'LR': lr, 'Bicubic': crop.read_rgb(result.bicubic)}
+        lr = read_rgb(result.input.path)
+        files = {'LR': lr, 'Bicubic': read_rgb(result.bicubic)}
         labels = ['LR', 'Bicubic', 'SRResNet'] + ([model_label(BLEND, result.strength)]
                                                  if result.model == BLEND else []) + ['SRGAN']
-        files[model_label(result.model, result.strength)] = crop.read_rgb(result.sr)
+        files[model_label(result.model, result.strength)] = read_rgb(result.sr)
         patches, kept = [], []
         for label in labels:
             if label in files:
                 img = files[label]
-                x, y, w, h = crop.scale_box(box, lr.size, img.size)
+                x, y, w, h = scale_box(box, lr.size, img.size)
                 patch = img.crop((x, y, x + w, y + h))
             else:
                 patch = self.model_patch(result.input, result.scale, label, box)
             if patch is not None:
                 patches.append(patch)
                 kept.append(label)
-        return crop.comparison(patches, kept)
+        return comparison(patches, kept)
 
 
 def default_box(size: tuple) -> tuple:
@@ -240,10 +241,10 @@ def box_text(box: tuple) -> str:
 
 def parse_box_text(text: str, size: tuple) -> tuple:
     """'X,Y,W,H' typed on the page -> a box inside `size`; UsageError in one line."""
-    box = crop.parse_box(text.strip())
+    box = parse_box(text.strip())
     try:
-        crop.check_box(box, size, 'box')
-    except crop.CropError as e:
+        check_box(box, size, 'box')
+    except CropError as e:
         raise UsageError(str(e)) from None
     return box
 
@@ -269,14 +270,14 @@ def preview(img, box: tuple, corner: tuple = None):
     """The input enlarged by preview_factor with the box drawn as get_img_crop.py draws it, and
     a cross on the first corner of a box being clicked."""
     k = preview_factor(img.size)
-    big = img.resize((img.width * k, img.height * k), crop.Image.Resampling.NEAREST)
-    out = crop.annotate(big, [tuple(v * k for v in box)], crop.default_colors(1))
+    big = img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
+    out = annotate(big, [tuple(v * k for v in box)], default_colors(1))
     if corner is not None:
         x, y = corner[0] * k + k // 2, corner[1] * k + k // 2
-        arm, width = max(6, 2 * k), crop.line_width(out.size)
-        draw = crop.ImageDraw.Draw(out)
-        draw.line([x - arm, y, x + arm, y], fill=crop.PALETTE[1], width=width)
-        draw.line([x, y - arm, x, y + arm], fill=crop.PALETTE[1], width=width)
+        arm, width = max(6, 2 * k), line_width(out.size)
+        draw = ImageDraw.Draw(out)
+        draw.line([x - arm, y, x + arm, y], fill=PALETTE[1], width=width)
+        draw.line([x, y - arm, x, y + arm], fill=PALETTE[1], width=width)
     return out
 
 
@@ -329,7 +330,7 @@ def build_page(gr, worker: Worker, scales: list):
             return f'error: {worker.message(e, inp)}'
 
         def picture(st: dict):
-            return preview(crop.read_rgb(st['input'].path), st['box'], st.get('corner'))
+            return preview(read_rgb(st['input'].path), st['box'], st.get('corner'))
 
         def panel_for(st: dict):
             res = st.get('result')

@@ -26,69 +26,24 @@ import math
 import os
 import sys
 
-from PIL import Image, ImageColor, ImageDraw, ImageFont
+from PIL import Image, ImageColor
 
-from utils import (EXIT_FAILED, Default, ImageError, SRError, UsageError, add_flags,
-                   atomic_write, check_input, check_pixels, error, load_image, script,
-                   set_max_megapixels, to_uint8)
+from utils import (EXIT_FAILED, PALETTE, CropError, Default, ImageError, UsageError, add_flags,
+                   annotate, atomic_write, check_box, check_input, check_pixels, comparison,
+                   default_colors, error, framed_patch, parse_box, read_rgb, scale_box, script,
+                   set_max_megapixels)
 from utils import save_pil as save  # the format from the extension (else PNG), atomically
 
-# Distinct colours for boxes 0, 1, 2, ... (repeats after the last).
-PALETTE = ('#e6194b', '#3cb44b', '#4363d8', '#ffe119', '#f032e6', '#42d4f4', '#f58231',
-           '#911eb4', '#bfef45', '#fabed4')
 WINDOW_TITLE = 'get_img_crop: select boxes'
 HINT = 'Drag to draw a box (as many as you like).  Enter: done   Backspace: undo   Escape: cancel'
-GAP = 8             # pixels between and around the patches of a comparison picture
-LABEL_HEIGHT = 28   # the caption strip under each patch
-MIN_DISPLAY = 160   # patches smaller than this are enlarged (nearest neighbour) in comparisons
-CROP_BORDER = 2     # width of the coloured frame around each saved patch
-
-
-class CropError(SRError):
-    """A coordinates file that cannot be used, or a cancelled selection; str() is the one-line
-    message. Bad flags raise utils.UsageError."""
-
 
 # ---------------------------------------------------------------------------------------------
-# Boxes
+# Coordinates files (boxes, their drawing and comparisons: utils, section 11)
 # ---------------------------------------------------------------------------------------------
-
-def parse_box(text: str) -> tuple:
-    """'X,Y,W,H' -> (x, y, w, h) integers, w and h positive."""
-    try:
-        box = tuple(int(v) for v in text.split(','))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise UsageError(f'--box {text}: expected X,Y,W,H (integers, W and H positive)')
-    return box
-
-
-def check_box(box: tuple, size: tuple, where: str) -> None:
-    """Raise CropError unless `box` lies inside an image of `size` (w, h)."""
-    x, y, w, h = box
-    if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > size[0] or y + h > size[1]:
-        raise CropError(f'{where}: box {x},{y},{w},{h} is not inside the '
-                        f'{size[0]}x{size[1]} image')
-
-
-def scale_box(box: tuple, src_size: tuple, dst_size: tuple) -> tuple:
-    """A box in an image of src_size (w, h) mapped to the same region of one of dst_size."""
-    sx, sy = dst_size[0] / src_size[0], dst_size[1] / src_size[1]
-    x0, y0 = round(box[0] * sx), round(box[1] * sy)
-    x1, y1 = round((box[0] + box[2]) * sx), round((box[1] + box[3]) * sy)
-    x0, y0 = min(max(x0, 0), dst_size[0] - 1), min(max(y0, 0), dst_size[1] - 1)
-    x1, y1 = min(max(x1, x0 + 1), dst_size[0]), min(max(y1, y0 + 1), dst_size[1])
-    return x0, y0, x1 - x0, y1 - y0
-
 
 def coords_path(image_path: str, out_dir: str = None) -> str:
     stem = os.path.splitext(os.path.basename(image_path))[0]
     return os.path.join(out_dir or os.path.dirname(image_path), f'{stem}_coords.json')
-
-
-def default_colors(n: int) -> list:
-    return [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
 def save_coords(path: str, image_path: str, size: tuple, boxes: list, colors: list) -> None:
@@ -139,76 +94,6 @@ def load_coords(path: str, size: tuple) -> tuple:
                         '"boxes": [{"box": [X, Y, W, H]}, ...]} with integers, as this script '
                         'saves') from None
     return [scale_box(b, src_size, size) for b in boxes], colors
-
-
-# ---------------------------------------------------------------------------------------------
-# Images and drawings
-# ---------------------------------------------------------------------------------------------
-
-def read_rgb(path: str) -> Image.Image:
-    """An RGB PIL image of any input utils.load_image reads (16-bit, EXIF orientation ...);
-    transparency is shown over white. Raises ImageError."""
-    rgb, alpha = load_image(path)
-    if alpha is not None:
-        rgb = rgb * alpha + (1 - alpha)
-    return Image.fromarray(to_uint8(rgb))
-
-
-def line_width(size: tuple) -> int:
-    return max(1, round(min(size) / 200))
-
-
-def annotate(img: Image.Image, boxes: list, colors: list) -> Image.Image:
-    """A copy of `img` with every box outlined in its colour."""
-    out = img.copy()
-    draw = ImageDraw.Draw(out)
-    width = line_width(img.size)
-    for (x, y, w, h), color in zip(boxes, colors):
-        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=color, width=width)
-    return out
-
-
-def framed_patch(img: Image.Image, box: tuple, color: str) -> Image.Image:
-    """The patch under `box` with a CROP_BORDER frame of `color` around it."""
-    x, y, w, h = box
-    patch = img.crop((x, y, x + w, y + h))
-    framed = Image.new('RGB', (w + 2 * CROP_BORDER, h + 2 * CROP_BORDER), color)
-    framed.paste(patch, (CROP_BORDER, CROP_BORDER))
-    return framed
-
-
-def display_size(patch_sizes: list) -> tuple:
-    """The common size of the patches in a comparison picture: the largest patch, enlarged by
-    a whole factor when it is narrower than MIN_DISPLAY."""
-    w = max(s[0] for s in patch_sizes)
-    h = max(s[1] for s in patch_sizes)
-    factor = max(1, math.ceil(MIN_DISPLAY / w))
-    return w * factor, h * factor
-
-
-def label_font(size: int = 16):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def comparison(patches: list, labels: list) -> Image.Image:
-    """Patches side by side at one display size (nearest neighbour), each captioned."""
-    dw, dh = display_size([p.size for p in patches])
-    n = len(patches)
-    out = Image.new('RGB', (n * dw + (n + 1) * GAP, dh + LABEL_HEIGHT + 2 * GAP), 'white')
-    draw = ImageDraw.Draw(out)
-    font = label_font()
-    for k, (patch, label) in enumerate(zip(patches, labels)):
-        left = GAP + k * (dw + GAP)
-        out.paste(patch.resize((dw, dh), Image.Resampling.NEAREST), (left, GAP))
-        text = label
-        while text and draw.textlength(text, font=font) > dw:  # shorten to fit the column
-            text = text[:-1]
-        tw = draw.textlength(text, font=font)
-        draw.text((left + (dw - tw) / 2, GAP + dh + 4), text, fill='black', font=font)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

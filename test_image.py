@@ -26,99 +26,19 @@ the SRResNet's fidelity, 1 the SRGAN's texture.
 import argparse
 import os
 import sys
-import time
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from model import Generator
-from utils import (DEFAULT_SCALE, EXIT_FAILED, MAX_MEGAPIXELS, PRECISION_NAMES, TILE_OVERLAP,
-                   ImageError, add_flags, check_input, check_output_dir, check_pixels,
-                   default_weight, error, find_images, generator_from_flags, image_metrics,
-                   imresize, inference_model, inference_setup, load_blend, load_hr_lr,
-                   load_image, number, output_format, plan_tile, save_image, script,
-                   set_max_megapixels, super_resolve)
-
-BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, normalised
+from utils import (DEFAULT_SCALE, EXIT_FAILED, PRECISION_NAMES, ImageError, PhotoOptions,
+                   add_flags, check_input, check_output_dir, check_pixels, default_weight, error,
+                   find_images, generator_from_flags, inference_model, inference_setup,
+                   load_blend, number, process_image, script, set_max_megapixels)
 
 
 # ---------------------------------------------------------------------------------------------
-# One image
+# One image: utils.process_image does the work; this prints it
 # ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Options:
-    scale: int
-    out_dir: str = 'results'
-    downsample: bool = False
-    tile: int = None          # None: pick from the image size and device; 0: whole image
-    overlap: int = TILE_OVERLAP
-    dtype: torch.dtype = None  # autocast dtype, None for fp32
-    max_megapixels: float = MAX_MEGAPIXELS
-
-
-def is_grayscale(rgb: torch.Tensor) -> bool:
-    return torch.equal(rgb[0], rgb[1]) and torch.equal(rgb[0], rgb[2])
-
-
-def to_grayscale(rgb: torch.Tensor) -> torch.Tensor:
-    """BT.601 luma in all three channels: the Y that utils' metrics see is unchanged."""
-    luma = sum(wt * ch for wt, ch in zip(BT601_LUMA, rgb))
-    return luma.expand(3, -1, -1).contiguous()
-
-
-def output_name(prefix: str, name: str) -> str:
-    """prefix + name, with a .png extension when Pillow cannot write name's format."""
-    return output_format(prefix + name)[0]
-
-
-def process_image(path: str, model: nn.Module, opts: Options) -> dict:
-    """Super-resolve one file and write its outputs; returns what to report.
-
-    Raises ImageError (one line naming the file) for input that cannot be used."""
-    s = opts.scale
-    hr = hr_alpha = None
-    if opts.downsample:  # the ground truth and its LR, as evaluate.py makes them
-        hr, lr = load_hr_lr(path, s, opts.max_megapixels, keep_alpha=True)
-        hr, hr_alpha = hr[:3], (hr[3:] if len(hr) > 3 else None)
-        lr, lr_alpha = lr[:3], (lr[3:] if len(lr) > 3 else None)
-        gray = is_grayscale(hr)
-    else:
-        lr, lr_alpha = load_image(path)
-        gray = is_grayscale(lr)
-    h, w = lr.shape[-2:]
-    device = next(model.parameters()).device
-    tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
-
-    start = time.perf_counter()
-    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype)
-    seconds = time.perf_counter() - start
-    bicubic = imresize(lr, s)
-    if gray:  # the network tints grey input slightly; bicubic keeps it grey by itself
-        sr = to_grayscale(sr)
-    sr_alpha = None if lr_alpha is None else imresize(lr_alpha, s).clamp(0, 1)
-
-    name = os.path.basename(path)
-    folder = os.path.join(opts.out_dir, os.path.splitext(name)[0])
-    outputs = [(sr, 'sr_', sr_alpha), (bicubic, 'bicubic_', sr_alpha), (lr, 'lr_', lr_alpha)]
-    if hr is not None:
-        outputs.append((hr, 'hr_', hr_alpha))
-    written = []
-    for image, prefix, a in outputs:
-        out = os.path.join(folder, output_name(prefix, name))
-        try:
-            save_image(image, out, alpha=a)
-        except OSError as e:
-            raise ImageError(f'{out}: cannot write ({e})') from None
-        written.append(out)
-
-    metrics = None
-    if hr is not None:
-        metrics = {'bicubic': image_metrics(bicubic, hr, s), 'sr': image_metrics(sr, hr, s)}
-    return {'path': path, 'in_size': (w, h), 'out_size': (w * s, h * s), 'tile': tile,
-            'seconds': seconds, 'metrics': metrics, 'outputs': written}
-
 
 def format_metrics(m: dict) -> str:
     return (f"PSNR-Y {m['psnr_y']:6.2f} dB  SSIM-Y {m['ssim_y']:.4f}  "
@@ -197,9 +117,10 @@ def main(argv=None) -> int:
     if not checked:
         return EXIT_FAILED
     model = inference_model(generator, device)
-    opts = Options(scale=cfg['upscale_factor'], out_dir=args.out_dir,
-                   downsample=args.downsample == 'bicubic', tile=args.tile,
-                   overlap=args.tile_overlap, dtype=dtype, max_megapixels=args.max_megapixels)
+    opts = PhotoOptions(scale=cfg['upscale_factor'], out_dir=args.out_dir,
+                        downsample=args.downsample == 'bicubic', tile=args.tile,
+                        overlap=args.tile_overlap, dtype=dtype,
+                        max_megapixels=args.max_megapixels)
     blend = '' if args.strength is None else f', detail strength {args.strength:g}'
     print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks{blend}) on {device}, "
           f"{PRECISION_NAMES[dtype]}, {len(paths)} image(s) -> {args.out_dir}", flush=True)

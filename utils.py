@@ -13,6 +13,9 @@
     8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve
     9. Command line   the inference scripts' flags, the device --cuda asks for, argparse
                       types for bounded numbers
+   10. One photo      process_image: one file in, sr_/bicubic_/lr_ files out (test_image.py,
+                      demo.py)
+   11. Crops          boxes, patches and comparison pictures (get_img_crop.py, demo.py)
 
 Conventions (README.md, "Conventions"): tensors are RGB float32 in [0, 1], CHW or NCHW;
 metrics are computed on 8-bit images with BT.601 (MATLAB) YCbCr.
@@ -33,13 +36,15 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from model import Generator, fuse_batchnorm, load_state_file
@@ -1941,6 +1946,210 @@ def number(kind: type, low: float, high: float = math.inf, low_open: bool = Fals
             raise argparse.ArgumentTypeError(f'must be {bounds}, got {text}')
         return value
     return parse
+
+
+# =============================================================================================
+# 10. One photo
+# What test_image.py and demo.py do to one file: read it, super-resolve it through
+# super_resolve, and write sr_ / bicubic_ / lr_ (/ hr_) beside each other under out_dir/stem/.
+# =============================================================================================
+
+BT601_LUMA = (0.299, 0.587, 0.114)  # the weights of Y in utils.rgb_to_ycbcr, normalised
+
+
+
+@dataclass
+class PhotoOptions:
+    scale: int
+    out_dir: str = 'results'
+    downsample: bool = False
+    tile: int = None          # None: pick from the image size and device; 0: whole image
+    overlap: int = TILE_OVERLAP
+    dtype: torch.dtype = None  # autocast dtype, None for fp32
+    max_megapixels: float = MAX_MEGAPIXELS
+
+
+def is_grayscale(rgb: torch.Tensor) -> bool:
+    return torch.equal(rgb[0], rgb[1]) and torch.equal(rgb[0], rgb[2])
+
+
+def to_grayscale(rgb: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma in all three channels: the Y that utils' metrics see is unchanged."""
+    luma = sum(wt * ch for wt, ch in zip(BT601_LUMA, rgb))
+    return luma.expand(3, -1, -1).contiguous()
+
+
+def output_name(prefix: str, name: str) -> str:
+    """prefix + name, with a .png extension when Pillow cannot write name's format."""
+    return output_format(prefix + name)[0]
+
+
+def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions) -> dict:
+    """Super-resolve one file and write its outputs; returns what to report.
+
+    Raises ImageError (one line naming the file) for input that cannot be used."""
+    s = opts.scale
+    hr = hr_alpha = None
+    if opts.downsample:  # the ground truth and its LR, as evaluate.py makes them
+        hr, lr = load_hr_lr(path, s, opts.max_megapixels, keep_alpha=True)
+        hr, hr_alpha = hr[:3], (hr[3:] if len(hr) > 3 else None)
+        lr, lr_alpha = lr[:3], (lr[3:] if len(lr) > 3 else None)
+        gray = is_grayscale(hr)
+    else:
+        lr, lr_alpha = load_image(path)
+        gray = is_grayscale(lr)
+    h, w = lr.shape[-2:]
+    device = next(model.parameters()).device
+    tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
+
+    start = time.perf_counter()
+    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype)
+    seconds = time.perf_counter() - start
+    bicubic = imresize(lr, s)
+    if gray:  # the network tints grey input slightly; bicubic keeps it grey by itself
+        sr = to_grayscale(sr)
+    sr_alpha = None if lr_alpha is None else imresize(lr_alpha, s).clamp(0, 1)
+
+    name = os.path.basename(path)
+    folder = os.path.join(opts.out_dir, os.path.splitext(name)[0])
+    outputs = [(sr, 'sr_', sr_alpha), (bicubic, 'bicubic_', sr_alpha), (lr, 'lr_', lr_alpha)]
+    if hr is not None:
+        outputs.append((hr, 'hr_', hr_alpha))
+    written = []
+    for image, prefix, a in outputs:
+        out = os.path.join(folder, output_name(prefix, name))
+        try:
+            save_image(image, out, alpha=a)
+        except OSError as e:
+            raise ImageError(f'{path}: cannot write {out} ({e})') from None
+        written.append(out)
+
+    metrics = None
+    if hr is not None:
+        metrics = {'bicubic': image_metrics(bicubic, hr, s), 'sr': image_metrics(sr, hr, s)}
+    return {'path': path, 'in_size': (w, h), 'out_size': (w * s, h * s), 'tile': tile,
+            'seconds': seconds, 'metrics': metrics, 'outputs': written}
+
+
+# =============================================================================================
+# 11. Crop comparisons
+# The same boxes cut out of several versions of an image and put side by side, enlarged with
+# nearest neighbour so pixels stay visible (get_img_crop.py, demo.py). Boxes are (x, y, w, h)
+# in pixels.
+# =============================================================================================
+
+# Distinct colours for boxes 0, 1, 2, ... (repeats after the last).
+PALETTE = ('#e6194b', '#3cb44b', '#4363d8', '#ffe119', '#f032e6', '#42d4f4', '#f58231',
+           '#911eb4', '#bfef45', '#fabed4')
+GAP = 8             # pixels between and around the patches of a comparison picture
+LABEL_HEIGHT = 28   # the caption strip under each patch
+MIN_DISPLAY = 160   # patches smaller than this are enlarged (nearest neighbour) in comparisons
+CROP_BORDER = 2     # width of the coloured frame around each saved patch
+
+
+class CropError(SRError):
+    """A coordinates file that cannot be used, or a cancelled selection; str() is the one-line
+    message. Bad flags raise utils.UsageError."""
+
+
+def parse_box(text: str) -> tuple:
+    """'X,Y,W,H' -> (x, y, w, h) integers, w and h positive."""
+    try:
+        box = tuple(int(v) for v in text.split(','))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise UsageError(f'--box {text}: expected X,Y,W,H (integers, W and H positive)')
+    return box
+
+
+def check_box(box: tuple, size: tuple, where: str) -> None:
+    """Raise CropError unless `box` lies inside an image of `size` (w, h)."""
+    x, y, w, h = box
+    if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > size[0] or y + h > size[1]:
+        raise CropError(f'{where}: box {x},{y},{w},{h} is not inside the '
+                        f'{size[0]}x{size[1]} image')
+
+
+def scale_box(box: tuple, src_size: tuple, dst_size: tuple) -> tuple:
+    """A box in an image of src_size (w, h) mapped to the same region of one of dst_size."""
+    sx, sy = dst_size[0] / src_size[0], dst_size[1] / src_size[1]
+    x0, y0 = round(box[0] * sx), round(box[1] * sy)
+    x1, y1 = round((box[0] + box[2]) * sx), round((box[1] + box[3]) * sy)
+    x0, y0 = min(max(x0, 0), dst_size[0] - 1), min(max(y0, 0), dst_size[1] - 1)
+    x1, y1 = min(max(x1, x0 + 1), dst_size[0]), min(max(y1, y0 + 1), dst_size[1])
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def default_colors(n: int) -> list:
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+
+def read_rgb(path: str) -> Image.Image:
+    """An RGB PIL image of any input utils.load_image reads (16-bit, EXIF orientation ...);
+    transparency is shown over white. Raises ImageError."""
+    rgb, alpha = load_image(path)
+    if alpha is not None:
+        rgb = rgb * alpha + (1 - alpha)
+    return Image.fromarray(to_uint8(rgb))
+
+
+def line_width(size: tuple) -> int:
+    return max(1, round(min(size) / 200))
+
+
+def annotate(img: Image.Image, boxes: list, colors: list) -> Image.Image:
+    """A copy of `img` with every box outlined in its colour."""
+    out = img.copy()
+    draw = ImageDraw.Draw(out)
+    width = line_width(img.size)
+    for (x, y, w, h), color in zip(boxes, colors):
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=color, width=width)
+    return out
+
+
+def framed_patch(img: Image.Image, box: tuple, color: str) -> Image.Image:
+    """The patch under `box` with a CROP_BORDER frame of `color` around it."""
+    x, y, w, h = box
+    patch = img.crop((x, y, x + w, y + h))
+    framed = Image.new('RGB', (w + 2 * CROP_BORDER, h + 2 * CROP_BORDER), color)
+    framed.paste(patch, (CROP_BORDER, CROP_BORDER))
+    return framed
+
+
+def display_size(patch_sizes: list) -> tuple:
+    """The common size of the patches in a comparison picture: the largest patch, enlarged by
+    a whole factor when it is narrower than MIN_DISPLAY."""
+    w = max(s[0] for s in patch_sizes)
+    h = max(s[1] for s in patch_sizes)
+    factor = max(1, math.ceil(MIN_DISPLAY / w))
+    return w * factor, h * factor
+
+
+def label_font(size: int = 16):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def comparison(patches: list, labels: list) -> Image.Image:
+    """Patches side by side at one display size (nearest neighbour), each captioned."""
+    dw, dh = display_size([p.size for p in patches])
+    n = len(patches)
+    out = Image.new('RGB', (n * dw + (n + 1) * GAP, dh + LABEL_HEIGHT + 2 * GAP), 'white')
+    draw = ImageDraw.Draw(out)
+    font = label_font()
+    for k, (patch, label) in enumerate(zip(patches, labels)):
+        left = GAP + k * (dw + GAP)
+        out.paste(patch.resize((dw, dh), Image.Resampling.NEAREST), (left, GAP))
+        text = label
+        while text and draw.textlength(text, font=font) > dw:  # shorten to fit the column
+            text = text[:-1]
+        tw = draw.textlength(text, font=font)
+        draw.text((left + (dw - tw) / 2, GAP + dh + 4), text, fill='black', font=font)
+    return out
 
 
 if __name__ == '__main__':

@@ -64,11 +64,11 @@ def test_mangled_file_gives_clean_error_or_result(model, tmp_path, case):
     ext, data = case
     path = tmp_path / f'fuzz.{ext}'
     path.write_bytes(data)
-    opts = test_image.Options(scale=2, out_dir=str(tmp_path / 'out'))
+    opts = utils.PhotoOptions(scale=2, out_dir=str(tmp_path / 'out'))
     old = signal.signal(signal.SIGALRM, alarm)
     signal.alarm(20)
     try:
-        result = test_image.process_image(str(path), model, opts)
+        result = utils.process_image(str(path), model, opts)
     except utils.ImageError as e:
         msg = str(e)
         assert msg.startswith(f'{path}: ') and '\n' not in msg and len(msg) < 400

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import get_img_crop as gic
+import utils
 from conftest import ROOT, run_main
 
 
@@ -38,7 +39,7 @@ def pixels(path) -> np.ndarray:
 
 def check_outputs(lr: Path, sr: Path, boxes: list) -> None:
     """Crops of the same region from both images, framed; annotated copies; the JSON."""
-    b = gic.CROP_BORDER
+    b = utils.CROP_BORDER
     for i, (x, y, w, h) in enumerate(boxes):
         small = pixels(lr.parent / f'{i}_crop_x.png')
         big = pixels(sr.parent / f'{i}_crop_x.png')
@@ -47,7 +48,7 @@ def check_outputs(lr: Path, sr: Path, boxes: list) -> None:
         inner_small, inner_big = small[b:-b, b:-b], big[b:-b, b:-b]
         assert np.array_equal(inner_small, pixels(lr)[y:y + h, x:x + w])
         assert np.array_equal(inner_big, inner_small.repeat(4, 0).repeat(4, 1))  # same region
-        color = tuple(int(gic.PALETTE[i][k:k + 2], 16) for k in (1, 3, 5))
+        color = tuple(int(utils.PALETTE[i][k:k + 2], 16) for k in (1, 3, 5))
         assert tuple(small[0, 0]) == color and tuple(big[-1, -1]) == color
     for img in (lr, sr):
         assert pixels(img.parent / 'annotated_x.png').shape == pixels(img).shape
@@ -62,13 +63,13 @@ def test_boxes_scaled_between_sizes(pair, tmp_path, capsys):
     saved = json.loads((lr.parent / 'x_coords.json').read_text())
     assert saved['size'] == [40, 32]
     assert [b['box'] for b in saved['boxes']] == [[2, 3, 10, 8], [20, 16, 12, 12]]
-    assert [b['color'] for b in saved['boxes']] == list(gic.PALETTE[:2])
+    assert [b['color'] for b in saved['boxes']] == list(utils.PALETTE[:2])
     # one comparison picture per box, next to the first image: two columns at the size of
     # the largest patch (the SR one), enlarged by a whole factor to at least MIN_DISPLAY wide
     with Image.open(lr.parent / 'comparison_0.png') as c0:  # 40x32 in SR, x4
-        assert c0.size == (2 * 160 + 3 * gic.GAP, 128 + gic.LABEL_HEIGHT + 2 * gic.GAP)
+        assert c0.size == (2 * 160 + 3 * utils.GAP, 128 + utils.LABEL_HEIGHT + 2 * utils.GAP)
     with Image.open(lr.parent / 'comparison_1.png') as c1:  # 48x48 in SR, x4
-        assert c1.size == (2 * 192 + 3 * gic.GAP, 192 + gic.LABEL_HEIGHT + 2 * gic.GAP)
+        assert c1.size == (2 * 192 + 3 * utils.GAP, 192 + utils.LABEL_HEIGHT + 2 * utils.GAP)
 
 
 def test_coords_file_reused_from_the_other_size(pair, tmp_path, capsys):
@@ -82,13 +83,13 @@ def test_coords_file_reused_from_the_other_size(pair, tmp_path, capsys):
     assert rc == 0, err
     check_outputs(lr, sr, [(4, 4, 16, 12)])
     with Image.open(sr.parent / 'comparison_0.png') as c:  # 64x48 in SR, x3
-        assert c.size == (2 * 64 * 3 + 3 * gic.GAP, 48 * 3 + gic.LABEL_HEIGHT + 2 * gic.GAP)
+        assert c.size == (2 * 64 * 3 + 3 * utils.GAP, 48 * 3 + utils.LABEL_HEIGHT + 2 * utils.GAP)
 
 
 def test_scale_box():
-    assert gic.scale_box((2, 3, 10, 8), (40, 32), (160, 128)) == (8, 12, 40, 32)
-    assert gic.scale_box((8, 12, 40, 32), (160, 128), (40, 32)) == (2, 3, 10, 8)
-    assert gic.scale_box((0, 0, 1, 1), (160, 128), (40, 32)) == (0, 0, 1, 1)  # never empty
+    assert utils.scale_box((2, 3, 10, 8), (40, 32), (160, 128)) == (8, 12, 40, 32)
+    assert utils.scale_box((8, 12, 40, 32), (160, 128), (40, 32)) == (2, 3, 10, 8)
+    assert utils.scale_box((0, 0, 1, 1), (160, 128), (40, 32)) == (0, 0, 1, 1)  # never empty
 
 
 @pytest.mark.parametrize('argv, problem', [

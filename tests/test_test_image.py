@@ -81,10 +81,10 @@ def test_folder_outputs_and_formats(weights, tmp_path, capsys):
 
 
 def test_output_name():
-    assert test_image.output_name('sr_', 'x.JPG') == 'sr_x.JPG'
-    assert test_image.output_name('sr_', 'x.tiff') == 'sr_x.tiff'
-    assert test_image.output_name('sr_', 'x.psd') == 'sr_x.png'  # Pillow reads PSD only
-    assert test_image.output_name('lr_', 'noext') == 'lr_noext.png'
+    assert utils.output_name('sr_', 'x.JPG') == 'sr_x.JPG'
+    assert utils.output_name('sr_', 'x.tiff') == 'sr_x.tiff'
+    assert utils.output_name('sr_', 'x.psd') == 'sr_x.png'  # Pillow reads PSD only
+    assert utils.output_name('lr_', 'noext') == 'lr_noext.png'
 
 
 def test_downsample_metrics_match_utils(weights, tmp_path, capsys):
@@ -94,8 +94,8 @@ def test_downsample_metrics_match_utils(weights, tmp_path, capsys):
     Image.fromarray(natural(66, 70)).save(path)  # not a multiple of 4: modcrop matters
     g = utils.load_generator(str(weights[4]))
     model = utils.inference_model(g, torch.device('cpu'))
-    opts = test_image.Options(scale=4, out_dir=str(tmp_path / 'res'), downsample=True)
-    result = test_image.process_image(str(path), model, opts)
+    opts = utils.PhotoOptions(scale=4, out_dir=str(tmp_path / 'res'), downsample=True)
+    result = utils.process_image(str(path), model, opts)
 
     hr = utils.modcrop(utils.load_image(str(path))[0], 4)
     lr = utils.downscale(hr, 4)
