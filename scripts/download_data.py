@@ -144,11 +144,18 @@ def read_sums(path: Path) -> dict:
     return sets
 
 
+def missing_folders(folder: Path) -> list:
+    """`folder` and its parents that do not exist yet, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
 @contextlib.contextmanager
-def made_folder(folder: Path):
+def made_folder(folder: Path, created: list = None):
     """Create `folder` (and missing parents) for the block; when the block fails, the folders
-    it created that are still empty go again, so a failed download leaves no empty folder."""
-    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    it created (or `created`, those made earlier by the caller) that are still empty go again,
+    so a failed download leaves no empty folder."""
+    if created is None:
+        created = missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield
@@ -327,6 +334,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    created = missing_folders(args.data_dir)
     try:  # the one input this command names: a folder it can create and write in
         args.data_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(args.data_dir, os.W_OK | os.X_OK):
@@ -336,7 +344,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        with made_folder(args.data_dir):
+        with made_folder(args.data_dir, created):
             if args.command in ('benchmarks', 'all'):
                 listed = read_sums(SUMS)
                 for name in getattr(args, 'sets', BENCHMARKS):

@@ -304,7 +304,7 @@ def test_damaged_div2k_archive_is_one_line_and_leaves_nothing(server, tmp_path, 
     assert get_div2k(server, data) == 1
     line = one_error_line(capsys.readouterr().err)
     assert 'DIV2K_train_HR.zip' in line and all(e in line for e in expected), line
-    assert list(data.iterdir()) == []  # no images, no half-unpacked folder, no damaged archive
+    assert not data.exists()  # no images, no half-unpacked folder, no archive, no empty folder
 
 
 # ---------------------------------------------------------------------------------------------

@@ -210,12 +210,12 @@ def test_adversarial_ema_run_saves_the_ema_and_logs_niqe(data, valid_niqe, tmp_p
     row, = history(out)
     assert 0 < float(row['niqe']) < 100 and float(row['psnr_y']) > 0
     # the logged NIQE is the EMA generator's, scored as evaluate.py scores it
-    g = utils.load_generator(str(out / 'weights' / 'best.pth'))
+    model = utils.inference_model(utils.load_generator(str(out / 'weights' / 'best.pth')),
+                                  torch.device('cpu'))
     scores = []
     for path in sorted(valid_niqe.iterdir()):
-        hr, _ = utils.load_image(str(path))
-        with torch.no_grad():
-            sr = g(utils.downscale(hr, 4)[None])[0].clamp(0, 1)
+        _, lr = utils.load_hr_lr(str(path), 4)
+        sr = utils.super_resolve(model, lr, 4, tile=0)  # evaluate.py's path
         scores.append(utils.niqe(sr, crop_border=4))
     assert float(row['niqe']) == pytest.approx(np.mean(scores), rel=1e-4)
 
