@@ -31,11 +31,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from utils import (MAX_MEGAPIXELS, PALETTE, TILE_OVERLAP, CheckpointError, CropError,
-                   ImageError, PhotoOptions, UsageError, annotate, autocast_dtype, check_box,
-                   check_pixels, comparison, default_colors, device_for, fail, imresize,
+                   ImageError, PhotoOptions, SRError, UsageError, annotate, autocast_dtype,
+                   check_box, check_pixels, comparison, default_colors, device_for, fail, imresize,
                    inference_model, is_grayscale, line_width, list_images, load_blend,
                    load_generator, load_image, number, parse_box, process_image, read_rgb,
-                   scale_box, set_max_megapixels, super_resolve, to_grayscale, to_uint8)
+                   require, scale_box, set_max_megapixels, super_resolve, to_grayscale, to_uint8)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SAMPLES_DIR = os.path.join(ROOT, 'images')
@@ -162,13 +162,15 @@ class Worker:
             self.models[key] = inference_model(g, self.device)
         return self.models[key]
 
-    def run(self, inp: Input, scale: int, model: str, strength: float) -> Result:
-        """Super-resolve as test_image.py does; raises ImageError or CheckpointError."""
+    def run(self, inp: Input, scale: int, model: str, strength: float,
+            progress=None) -> Result:
+        """Super-resolve as test_image.py does; progress(done, total) is called after each
+        tile. Raises ImageError or CheckpointError."""
         self.check_scale(inp, scale)
         net = self.generator(scale, model, strength)
         opts = PhotoOptions(scale=scale, out_dir=self.folder('results'), dtype=self.dtype)
         try:
-            out = process_image(inp.path, net, opts)
+            out = process_image(inp.path, net, opts, progress)
         except ImageError as e:
             raise ImageError(self.message(e, inp)) from None
         except torch.OutOfMemoryError:
@@ -405,8 +407,12 @@ def build_page(gr, worker: Worker, scales: list):
             st = dict(st)
             s, strength_value = int(scale_value), float(strength_value)
             progress(0, desc=f'x{s} {model_label(model_value, strength_value)}')
+            def tiles_done(done: int, total: int):
+                progress((done, total), desc=f'x{s} {model_label(model_value, strength_value)}',
+                         unit='tiles')
+
             try:
-                res = worker.run(inp, s, model_value, strength_value)
+                res = worker.run(inp, s, model_value, strength_value, tiles_done)
                 st['result'] = res
                 compared = panel_for(st)
             except (ImageError, CheckpointError, UsageError) as e:
@@ -461,16 +467,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def import_gradio():
-    """The gradio module, or UsageError saying what to install."""
-    try:
-        import gradio
-    except ImportError:
-        raise UsageError('demo.py needs the optional package gradio: pip install -r '
-                         'requirements-dev.txt (or pip install gradio)') from None
-    return gradio
-
-
 def stop(signum, frame):
     raise KeyboardInterrupt
 
@@ -482,14 +478,14 @@ def main(argv=None) -> int:
     os.environ['GRADIO_TEMP_DIR'] = os.path.join(work_dir, 'gradio')
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
     try:
-        gr = import_gradio()
+        gr = require('gradio', 'demo.py')
         device = device_for(args.cuda)
         dtype = autocast_dtype(args.amp, device)
         scales = shipped_scales()
         if not scales:
             raise UsageError(f'{WEIGHTS_DIR}: no generator weights (srresnet_xS.pth or '
                              'srgan_xS.pth); train some with train.py')
-    except ValueError as e:
+    except SRError as e:
         shutil.rmtree(work_dir, ignore_errors=True)
         return fail(e)
     set_max_megapixels(args.max_megapixels)
