@@ -311,7 +311,7 @@ def build_page(gr, worker: Worker, scales: list):
                 go = gr.Button('Super-resolve', variant='primary', elem_id='run')
                 message = gr.Markdown(elem_id='message')
                 picker = gr.Image(label='Input: click two corners to choose the crop box',
-                                  type='pil', format='png', interactive=False, height=250,
+                                  type='pil', format='png', interactive=False, height=200,
                                   elem_id='picker', buttons=['fullscreen'])
                 box = gr.Textbox(label='Crop box X,Y,W,H in input pixels (type one, Enter)',
                                  elem_id='box', max_lines=1)
