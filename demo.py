@@ -31,11 +31,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from utils import (MAX_MEGAPIXELS, PALETTE, TILE_OVERLAP, CheckpointError, CropError,
-                   ImageError, PhotoOptions, SRError, UsageError, annotate, autocast_dtype,
-                   check_box, check_pixels, comparison, default_colors, device_for, fail, imresize,
+                   ImageError, PhotoOptions, UsageError, annotate, autocast_dtype, check_box,
+                   check_pixels, comparison, default_colors, device_for, imresize,
                    inference_model, is_grayscale, line_width, list_images, load_blend,
                    load_generator, load_image, number, parse_box, process_image, read_rgb,
-                   require, scale_box, set_max_megapixels, super_resolve, to_grayscale, to_uint8)
+                   require, scale_box, script, set_max_megapixels, super_resolve, to_grayscale,
+                   to_uint8)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SAMPLES_DIR = os.path.join(ROOT, 'images')
@@ -471,48 +472,50 @@ def stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    work_dir = tempfile.mkdtemp(prefix='srgan_demo_')
-    # Gradio keeps uploads and served files here; set before it is imported
-    os.environ['GRADIO_TEMP_DIR'] = os.path.join(work_dir, 'gradio')
-    os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
-    try:
-        gr = require('gradio', 'demo.py')
-        device = device_for(args.cuda)
-        dtype = autocast_dtype(args.amp, device)
-        scales = shipped_scales()
-        if not scales:
-            raise UsageError(f'{WEIGHTS_DIR}: no generator weights (srresnet_xS.pth or '
-                             'srgan_xS.pth); train some with train.py')
-    except SRError as e:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        return fail(e)
-    set_max_megapixels(args.max_megapixels)
-    worker = Worker(work_dir, device, dtype, args.max_megapixels)
+def serve(gr, args: argparse.Namespace, worker: Worker, scales: list) -> int:
+    """Serve the page until Ctrl+C or SIGTERM (the normal end: status 0)."""
     page = build_page(gr, worker, scales)
     page.queue(default_concurrency_limit=1)  # one request on the device at a time
     # SIGTERM ends the server like Ctrl+C, so the temporary folder is removed either way
     signal.signal(signal.SIGTERM, stop)
     try:
-        try:
-            _, url, share_url = page.launch(server_name=args.host, server_port=args.port,
-                                            share=args.share, prevent_thread_lock=True,
-                                            quiet=True, ssr_mode=False, css=CSS,
-                                            allowed_paths=[work_dir])
-        except OSError as e:
-            return fail(UsageError(f'--host {args.host} --port {args.port}: cannot listen '
-                                   f'there ({str(e).splitlines()[0]})'))
-        print(f'demo: serving {url.rstrip("/")} on {device} (Ctrl+C to stop)', flush=True)
-        if share_url:
-            print(f'demo: public link {share_url}', flush=True)
-        try:
-            while page.is_running:
-                threading.Event().wait(0.5)
-        except KeyboardInterrupt:
-            pass
-        page.close()
-        return 0
+        _, url, share_url = page.launch(server_name=args.host, server_port=args.port,
+                                        share=args.share, prevent_thread_lock=True,
+                                        quiet=True, ssr_mode=False, css=CSS,
+                                        allowed_paths=[worker.work_dir])
+    except OSError as e:
+        raise UsageError(f'--host {args.host} --port {args.port}: cannot listen there '
+                         f'({str(e).splitlines()[0]})') from None
+    print(f'demo: serving {url.rstrip("/")} on {worker.device} (Ctrl+C to stop)', flush=True)
+    if share_url:
+        print(f'demo: public link {share_url}', flush=True)
+    try:
+        while page.is_running:
+            threading.Event().wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    page.close()
+    return 0
+
+
+@script
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # everything that can be checked before Gradio is imported (seconds) and a folder made
+    device = device_for(args.cuda)
+    dtype = autocast_dtype(args.amp, device)
+    scales = shipped_scales()
+    if not scales:
+        raise UsageError(f'{WEIGHTS_DIR}: no generator weights (srresnet_xS.pth or '
+                         'srgan_xS.pth); train some with train.py')
+    work_dir = tempfile.mkdtemp(prefix='srgan_demo_')
+    try:
+        # Gradio keeps uploads and served files here; set before it is imported
+        os.environ['GRADIO_TEMP_DIR'] = os.path.join(work_dir, 'gradio')
+        os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
+        gr = require('gradio', 'demo.py')
+        set_max_megapixels(args.max_megapixels)
+        return serve(gr, args, Worker(work_dir, device, dtype, args.max_megapixels), scales)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -117,6 +117,14 @@ def test_without_gradio_demo_says_what_to_install(monkeypatch, capsys, tmp_path)
     assert list(tmp_path.iterdir()) == []  # its temporary folder is gone
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message without a GPU')
+def test_cuda_without_a_gpu_is_one_line_before_gradio_is_needed(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'gradio', None)
+    assert demo.main(['--cuda']) == 2
+    assert capsys.readouterr().err == ('error: --cuda: no CUDA device is available (leave out '
+                                       '--cuda to run on the CPU)\n')
+
+
 # ---------------------------------------------------------------------------------------------
 # The page in a browser
 # ---------------------------------------------------------------------------------------------
