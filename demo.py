@@ -13,10 +13,13 @@ PNG bit-equal to test_image.py's sr_ file for a PNG input with the same settings
 input format, the same pixels in a PNG rather than in the input's format).
 
 The work is test_image.py's: utils.process_image (utils.super_resolve's tiling, precision and memory
-bound), utils.load_generator and load_blend. Requests run one at a time. Every file the page
-writes (uploads, results, Gradio's cache) lives in one temporary folder, removed on exit. The
-server listens on 127.0.0.1 only, unless --host says otherwise; --share also asks Gradio for a
-public link. Needs the optional package gradio (requirements-dev.txt).
+bound), utils.load_generator and load_blend; a progress bar follows its tiles. Requests run one
+at a time. Bad input (not an image, corrupt, over --max_megapixels, no weights for the scale) is
+a one-line message on the page. Every file the page writes (uploads, results, Gradio's cache)
+lives in one temporary folder, removed on exit. The server listens on 127.0.0.1 only, unless
+--host says otherwise; --share also asks Gradio for a public link. Needs the optional package
+gradio (requirements-dev.txt); without it, one line says what to install (exit 2). See
+docs/demo.md; tests/test_demo.py drives the page in headless Chromium.
 """
 import argparse
 import os
