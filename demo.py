@@ -13,10 +13,13 @@ PNG bit-equal to test_image.py's sr_ file for a PNG input with the same settings
 input format, the same pixels in a PNG rather than in the input's format).
 
 The work is test_image.py's: utils.process_image (utils.super_resolve's tiling, precision and memory
-bound), utils.load_generator and load_blend. Requests run one at a time. Every file the page
-writes (uploads, results, Gradio's cache) lives in one temporary folder, removed on exit. The
-server listens on 127.0.0.1 only, unless --host says otherwise; --share also asks Gradio for a
-public link. Needs the optional package gradio (requirements-dev.txt).
+bound), utils.load_generator and load_blend; a progress bar follows its tiles. Requests run one
+at a time. Bad input (not an image, corrupt, over --max_megapixels, no weights for the scale) is
+a one-line message on the page. Every file the page writes (uploads, results, Gradio's cache)
+lives in one temporary folder, removed on exit. The server listens on 127.0.0.1 only, unless
+--host says otherwise; --share also asks Gradio for a public link. Needs the optional package
+gradio (requirements-dev.txt); without it, one line says what to install (exit 2). See
+docs/demo.md; tests/test_demo.py drives the page in headless Chromium.
 """
 import argparse
 import os
@@ -32,10 +35,11 @@ from PIL import Image, ImageDraw
 
 from utils import (MAX_MEGAPIXELS, PALETTE, TILE_OVERLAP, CheckpointError, CropError,
                    ImageError, PhotoOptions, UsageError, annotate, autocast_dtype, check_box,
-                   check_pixels, comparison, default_colors, device_for, fail, imresize,
+                   check_pixels, comparison, default_colors, device_for, imresize,
                    inference_model, is_grayscale, line_width, list_images, load_blend,
                    load_generator, load_image, number, parse_box, process_image, read_rgb,
-                   scale_box, set_max_megapixels, super_resolve, to_grayscale, to_uint8)
+                   require, scale_box, script, set_max_megapixels, super_resolve, to_grayscale,
+                   to_uint8)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SAMPLES_DIR = os.path.join(ROOT, 'images')
@@ -162,13 +166,15 @@ class Worker:
             self.models[key] = inference_model(g, self.device)
         return self.models[key]
 
-    def run(self, inp: Input, scale: int, model: str, strength: float) -> Result:
-        """Super-resolve as test_image.py does; raises ImageError or CheckpointError."""
+    def run(self, inp: Input, scale: int, model: str, strength: float,
+            progress=None) -> Result:
+        """Super-resolve as test_image.py does; progress(done, total) is called after each
+        tile. Raises ImageError or CheckpointError."""
         self.check_scale(inp, scale)
         net = self.generator(scale, model, strength)
         opts = PhotoOptions(scale=scale, out_dir=self.folder('results'), dtype=self.dtype)
         try:
-            out = process_image(inp.path, net, opts)
+            out = process_image(inp.path, net, opts, progress)
         except ImageError as e:
             raise ImageError(self.message(e, inp)) from None
         except torch.OutOfMemoryError:
@@ -309,7 +315,7 @@ def build_page(gr, worker: Worker, scales: list):
                 go = gr.Button('Super-resolve', variant='primary', elem_id='run')
                 message = gr.Markdown(elem_id='message')
                 picker = gr.Image(label='Input: click two corners to choose the crop box',
-                                  type='pil', format='png', interactive=False, height=250,
+                                  type='pil', format='png', interactive=False, height=200,
                                   elem_id='picker', buttons=['fullscreen'])
                 box = gr.Textbox(label='Crop box X,Y,W,H in input pixels (type one, Enter)',
                                  elem_id='box', max_lines=1)
@@ -405,8 +411,12 @@ def build_page(gr, worker: Worker, scales: list):
             st = dict(st)
             s, strength_value = int(scale_value), float(strength_value)
             progress(0, desc=f'x{s} {model_label(model_value, strength_value)}')
+            def tiles_done(done: int, total: int):
+                progress((done, total), desc=f'x{s} {model_label(model_value, strength_value)}',
+                         unit='tiles')
+
             try:
-                res = worker.run(inp, s, model_value, strength_value)
+                res = worker.run(inp, s, model_value, strength_value, tiles_done)
                 st['result'] = res
                 compared = panel_for(st)
             except (ImageError, CheckpointError, UsageError) as e:
@@ -461,62 +471,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def import_gradio():
-    """The gradio module, or UsageError saying what to install."""
-    try:
-        import gradio
-    except ImportError:
-        raise UsageError('demo.py needs the optional package gradio: pip install -r '
-                         'requirements-dev.txt (or pip install gradio)') from None
-    return gradio
-
-
 def stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    work_dir = tempfile.mkdtemp(prefix='srgan_demo_')
-    # Gradio keeps uploads and served files here; set before it is imported
-    os.environ['GRADIO_TEMP_DIR'] = os.path.join(work_dir, 'gradio')
-    os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
-    try:
-        gr = import_gradio()
-        device = device_for(args.cuda)
-        dtype = autocast_dtype(args.amp, device)
-        scales = shipped_scales()
-        if not scales:
-            raise UsageError(f'{WEIGHTS_DIR}: no generator weights (srresnet_xS.pth or '
-                             'srgan_xS.pth); train some with train.py')
-    except ValueError as e:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        return fail(e)
-    set_max_megapixels(args.max_megapixels)
-    worker = Worker(work_dir, device, dtype, args.max_megapixels)
+def serve(gr, args: argparse.Namespace, worker: Worker, scales: list) -> int:
+    """Serve the page until Ctrl+C or SIGTERM (the normal end: status 0)."""
     page = build_page(gr, worker, scales)
     page.queue(default_concurrency_limit=1)  # one request on the device at a time
     # SIGTERM ends the server like Ctrl+C, so the temporary folder is removed either way
     signal.signal(signal.SIGTERM, stop)
     try:
-        try:
-            _, url, share_url = page.launch(server_name=args.host, server_port=args.port,
-                                            share=args.share, prevent_thread_lock=True,
-                                            quiet=True, ssr_mode=False, css=CSS,
-                                            allowed_paths=[work_dir])
-        except OSError as e:
-            return fail(UsageError(f'--host {args.host} --port {args.port}: cannot listen '
-                                   f'there ({str(e).splitlines()[0]})'))
-        print(f'demo: serving {url.rstrip("/")} on {device} (Ctrl+C to stop)', flush=True)
-        if share_url:
-            print(f'demo: public link {share_url}', flush=True)
-        try:
-            while page.is_running:
-                threading.Event().wait(0.5)
-        except KeyboardInterrupt:
-            pass
-        page.close()
-        return 0
+        _, url, share_url = page.launch(server_name=args.host, server_port=args.port,
+                                        share=args.share, prevent_thread_lock=True,
+                                        quiet=True, ssr_mode=False, css=CSS,
+                                        allowed_paths=[worker.work_dir])
+    except OSError as e:
+        raise UsageError(f'--host {args.host} --port {args.port}: cannot listen there '
+                         f'({str(e).splitlines()[0]})') from None
+    print(f'demo: serving {url.rstrip("/")} on {worker.device} (Ctrl+C to stop)', flush=True)
+    if share_url:
+        print(f'demo: public link {share_url}', flush=True)
+    try:
+        while page.is_running:
+            threading.Event().wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    page.close()
+    return 0
+
+
+@script
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # everything that can be checked before Gradio is imported (seconds) and a folder made
+    device = device_for(args.cuda)
+    dtype = autocast_dtype(args.amp, device)
+    scales = shipped_scales()
+    if not scales:
+        raise UsageError(f'{WEIGHTS_DIR}: no generator weights (srresnet_xS.pth or '
+                         'srgan_xS.pth); train some with train.py')
+    work_dir = tempfile.mkdtemp(prefix='srgan_demo_')
+    try:
+        # Gradio keeps uploads and served files here; set before it is imported
+        os.environ['GRADIO_TEMP_DIR'] = os.path.join(work_dir, 'gradio')
+        os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
+        gr = require('gradio', 'demo.py')
+        set_max_megapixels(args.max_megapixels)
+        return serve(gr, args, Worker(work_dir, device, dtype, args.max_megapixels), scales)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

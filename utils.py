@@ -151,6 +151,7 @@ OPTIONAL_PACKAGES = {
     'onnxruntime': 'onnxruntime~=1.32',
     'lpips': 'lpips==0.1.4',
     'lightning': 'lightning==2.6.6',
+    'gradio': 'gradio~=6.31',
 }
 
 
@@ -1984,8 +1985,10 @@ def output_name(prefix: str, name: str) -> str:
     return output_format(prefix + name)[0]
 
 
-def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions) -> dict:
-    """Super-resolve one file and write its outputs; returns what to report.
+def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions,
+                  progress: Callable = None) -> dict:
+    """Super-resolve one file and write its outputs; returns what to report. progress(done,
+    total), when given, is called after each tile (demo.py's progress bar).
 
     Raises ImageError (one line naming the file) for input that cannot be used."""
     s = opts.scale
@@ -2003,7 +2006,7 @@ def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions) -> dict
     tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
 
     start = time.perf_counter()
-    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype)
+    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype, progress=progress)
     seconds = time.perf_counter() - start
     bicubic = imresize(lr, s)
     if gray:  # the network tints grey input slightly; bicubic keeps it grey by itself
