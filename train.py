@@ -77,10 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--epochs', type=utils.number(int, 1), default=100, help='training epochs')
     p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir (default: none, start "
                         'afresh)')
+    p.add_argument('--overwrite_later', action='store_true',
+                   help='resuming an earlier epoch than the newest checkpoint (or starting afresh '
+                        'in an --out_dir with checkpoints) starts a new branch: move the later '
+                        'checkpoints, weights, samples and history.csv rows aside into '
+                        '--out_dir/abandoned_after_epoch_N_<time>/ instead of refusing')
     p.add_argument('--mode', default='generator', choices=['adversarial', 'generator'],
                    help="generator: SRResNet, pixel MSE. adversarial: SRGAN; with "
                         "--content_weight 0 this is the paper's SRGAN-MSE variant (no VGG), "
                         'otherwise SRGAN-VGG54 (needs ImageNet VGG19 weights)')
+    p.add_argument('--drop_discriminator', action='store_true',
+                   help='allow --resume of an adversarial checkpoint in --mode generator: its '
+                        'discriminator is dropped and history.csv goes on in generator mode')
     p.add_argument('--pretrain', default=None, help='generator weights or checkpoint to start from (default: none, random '
                         'weights)')
     p.add_argument('--cuda', action='store_true', help='train on the GPU')
@@ -225,7 +233,7 @@ def setup_problem(args) -> str:
     if args.pretrain and not os.path.isfile(args.pretrain):
         what = 'is a folder, not a weights file' if os.path.isdir(args.pretrain) else 'not found'
         return f'--pretrain {args.pretrain}: {what}'
-    return utils.output_problem(args.out_dir, folder=True) or ''
+    return utils.output_problem(args.out_dir, folder=True) or branch_problem(args)
 
 
 
@@ -511,6 +519,73 @@ def checkpoint_path(args, epoch: int) -> str:
     return os.path.join(args.out_dir, 'checkpoints', f'checkpoint_epoch_{epoch}.pth')
 
 
+def epochs_in(folder: str, pattern: str = r'checkpoint_epoch_(\d+)\.pth') -> list:
+    """Sorted epoch numbers of the files in `folder` matching `pattern` (none: [])."""
+    return sorted(int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                  if (m := re.fullmatch(pattern, f)))
+
+
+def resumed_epoch(args):
+    """The epoch the run continues from as the flags say: N for --resume N, 0 when starting
+    afresh, None for --resume latest (the newest checkpoint that loads: never a branch)."""
+    if args.resume is None:
+        return 0
+    return int(args.resume) if str(args.resume).isdigit() else None
+
+
+def branch_problem(args) -> str:
+    """Resuming epoch N while --out_dir holds checkpoints of later epochs (or starting afresh
+    where it holds any) starts a new branch, which would overwrite and prune the old one's:
+    refused unless --overwrite_later moves them aside (set_aside_later)."""
+    epoch = resumed_epoch(args)
+    later = [e for e in epochs_in(os.path.join(args.out_dir, 'checkpoints'))
+             if epoch is not None and e > epoch]
+    if not later or args.overwrite_later:
+        return ''
+    listed = ', '.join(map(str, later))
+    start = f'--resume {epoch}' if epoch else 'starting afresh'
+    return (f'{args.out_dir} holds checkpoints of later epochs ({listed}); {start} would start '
+            f'a new branch and overwrite them: use --resume latest to continue, or add '
+            f'--overwrite_later to move them aside')
+
+
+def set_aside_later(args, epoch: int, history: list, log=print) -> None:
+    """--overwrite_later: move the checkpoints, per-epoch weights, best.pth and validation
+    samples of epochs after `epoch`, and history.csv, into
+    out_dir/abandoned_after_epoch_<epoch>_<time>/, and write history.csv anew from `history`
+    (the resumed checkpoint's rows): history.csv, the checkpoints and --resume latest agree."""
+    out = args.out_dir
+    ckpts = [e for e in epochs_in(os.path.join(out, 'checkpoints')) if e > epoch]
+    if not ckpts:
+        return
+    moves = [os.path.join('checkpoints', f'checkpoint_epoch_{e}.pth') for e in ckpts]
+    moves += [os.path.join('weights', f'G_epoch_{e}.pth')
+              for e in epochs_in(os.path.join(out, 'weights'), r'G_epoch_(\d+)\.pth') if e > epoch]
+    moves += [os.path.join('output', str(e))
+              for e in epochs_in(os.path.join(out, 'output'), r'(\d+)') if e > epoch]
+    best = os.path.join(out, 'weights', 'best.pth')
+    try:
+        best_epoch_saved = utils.load_checkpoint(best).get('epoch') if os.path.isfile(best) else None
+    except utils.CheckpointError:
+        best_epoch_saved = None
+    if isinstance(best_epoch_saved, int) and best_epoch_saved > epoch:
+        moves.append(os.path.join('weights', 'best.pth'))
+    if os.path.isfile(os.path.join(out, 'history.csv')):
+        moves.append('history.csv')
+    name = f'abandoned_after_epoch_{epoch}_{time.strftime("%Y%m%d-%H%M%S")}'
+    aside, n = os.path.join(out, name), 1
+    while os.path.exists(aside):
+        n += 1
+        aside = os.path.join(out, f'{name}_{n}')
+    for rel in moves:
+        os.makedirs(os.path.dirname(os.path.join(aside, rel)), exist_ok=True)
+        os.replace(os.path.join(out, rel), os.path.join(aside, rel))
+    if history:
+        write_history(args, history)
+    log(f'--overwrite_later: moved the checkpoints of epochs {", ".join(map(str, ckpts))} '
+        f'and their weights, samples and history.csv rows aside into {aside}')
+
+
 def load_resume_checkpoint(args, rt: Runtime) -> tuple:
     """(path, state) of the checkpoint --resume names, or (None, None) to start fresh.
 
@@ -550,6 +625,27 @@ def state_of(s: TrainState, epoch: int, args, history: list, best: float) -> dic
     return state
 
 
+def check_resumed_mode(args, state: dict, path: str, log=print) -> None:
+    """A checkpoint resumes in its own --mode. An adversarial one in --mode generator would
+    drop its discriminator and mix both modes in history.csv: refused unless
+    --drop_discriminator. A generator one has no discriminator to resume in --mode adversarial:
+    refused, pointing to --pretrain."""
+    saved = state.get('args', {}).get('mode') if isinstance(state.get('args'), dict) else None
+    saved = saved or ('adversarial' if 'discriminator' in state else 'generator')
+    if saved == args.mode:
+        return
+    if saved == 'generator':
+        raise SetupError(f'{path}: a --mode generator checkpoint (no discriminator or its '
+                         f'optimizer to resume); to train it adversarially, start a new run '
+                         f'with --pretrain {path}')
+    if not args.drop_discriminator:
+        raise SetupError(f'{path}: an --mode adversarial checkpoint; resuming it in --mode '
+                         f'generator drops its discriminator and mixes both modes in '
+                         f'history.csv: add --drop_discriminator to do so')
+    log(f'--drop_discriminator: resuming the generator of {path} in --mode generator; its '
+        f'discriminator is dropped')
+
+
 def restore(s: TrainState, state: dict, path: str) -> None:
     try:
         s.load_state_dict(state)
@@ -566,12 +662,14 @@ def restore(s: TrainState, state: dict, path: str) -> None:
         raise TrainingError(f'{path}: checkpoint does not match this run ({mismatch})') from None
 
 
-def prune(folder: str, pattern: str, keep: int) -> None:
-    """Delete all but the newest `keep` files in `folder` matching `pattern` (epoch group)."""
+def prune(folder: str, pattern: str, keep: int, epoch: int) -> None:
+    """Delete all but the newest `keep` files in `folder` matching `pattern` (epoch group) of
+    the current branch: those of epochs up to `epoch`, the one just written. Later epochs' files
+    are never this run's to delete (set_aside_later moves them before the run starts)."""
     if keep <= 0 or not os.path.isdir(folder):
         return
-    files = sorted((int(m.group(1)), f) for f in os.listdir(folder)
-                   if (m := re.fullmatch(pattern, f)))
+    files = sorted((e, f) for f in os.listdir(folder)
+                   if (m := re.fullmatch(pattern, f)) and (e := int(m.group(1))) <= epoch)
     for _, f in files[:-keep]:
         os.remove(os.path.join(folder, f))
 
@@ -596,8 +694,9 @@ def save_all(args, s: TrainState, epoch: int, history: list, best: float,
         utils.save_weights(gen, os.path.join(wdir, 'best.pth'), **meta)
     # the checkpoint last: once it exists, everything it refers to is on disk
     utils.save_checkpoint(state_of(s, epoch, args, history, best), checkpoint_path(args, epoch))
-    prune(os.path.join(args.out_dir, 'checkpoints'), r'checkpoint_epoch_(\d+)\.pth', args.keep)
-    prune(wdir, r'G_epoch_(\d+)\.pth', args.keep)
+    prune(os.path.join(args.out_dir, 'checkpoints'), r'checkpoint_epoch_(\d+)\.pth', args.keep,
+          epoch)
+    prune(wdir, r'G_epoch_(\d+)\.pth', args.keep, epoch)
 
 
 def variant(args) -> str:
@@ -765,10 +864,25 @@ def build(args, rt: Runtime) -> TrainState:
                 s.vgg = FeatureExtractor(args.vgg_weights).to(rt.device, memory_format=cl)
             except RuntimeError as e:
                 # weights that cannot be had here (offline, no such file): the command cannot
-                # run as given; a file that is not VGG19 weights: a failed input
-                missing = args.vgg_weights == 'imagenet' or not os.path.isfile(args.vgg_weights)
-                raise (SetupError if missing else TrainingError)(str(e)) from None
+                # run as given; a file that is not VGG19 weights: a failed input, named
+                if args.vgg_weights == 'imagenet' or not os.path.isfile(args.vgg_weights):
+                    raise SetupError(str(e)) from None
+                raise TrainingError(f'--vgg_weights {vgg_problem(args.vgg_weights, e)}') from None
     return s
+
+
+def vgg_problem(path: str, e: Exception) -> str:
+    """One line naming `path` and why it is not VGG19 weights (`e`, FeatureExtractor's error,
+    may be a many-line torch message): a file torch cannot read as utils.load_checkpoint says
+    it, else the first line that names a key or a shape."""
+    try:
+        utils.load_checkpoint(path)
+    except utils.CheckpointError as ce:
+        return str(ce)
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    detail = next((line for line in lines if re.match(r'(size mismatch|missing|unexpected)',
+                                                       line, re.I)), lines[0])
+    return f'{path}: not VGG19 features weights ({detail})'
 
 
 def wrap(args, rt: Runtime, s: TrainState) -> None:
@@ -903,6 +1017,7 @@ def run(args, rt: Runtime) -> None:
     start, history, best = 1, [], -math.inf
     path, state = load_resume_checkpoint(args, rt) if args.resume is not None else (None, None)
     if state is not None:
+        check_resumed_mode(args, state, path, rt.log)
         restore(s, state, path)
         start, history, best = state['epoch'] + 1, state['history'], state['best_psnr']
         rt.log(f'resumed from {path} (epoch {state["epoch"]})')
@@ -915,6 +1030,8 @@ def run(args, rt: Runtime) -> None:
     if rt.master:
         os.makedirs(args.out_dir, exist_ok=True)
         remove_stale_temporaries(args.out_dir)
+        if args.overwrite_later and resumed_epoch(args) is not None:
+            set_aside_later(args, start - 1, history, rt.log)
         rt.log(f'{variant(args)} x{args.upscale_factor}: {len(dataset)} training images, '
                f'{iters} iterations/epoch, batch {args.batch_size} x {rt.world_size} process(es), '
                f'device {rt.device}, precision {rt.amp_dtype or torch.float32}')

@@ -1,0 +1,171 @@
+"""train.py's part of issue 24 (faults and bad input), each test reproducing a defect first:
+resuming an earlier epoch starts a branch (refused, or the later run moved aside), a mode
+change on resume, optimiser flags on resume, a full disk at every write, SIGTERM / Ctrl-C,
+FIFOs in the training folder. Tiny runs: one residual block, 32 px crops, one iteration."""
+import os
+import re
+import shutil
+
+import pytest
+
+import train
+from conftest import ckpt, history, one_error
+import test_train
+
+TINY1 = ['--num_blocks', '1', '--crop_size', '32', '--batch_size', '2', '--iters_per_epoch', '1',
+         '--workers', '0', '--log_every', '1000', '--amp', 'off']
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+data = test_train.data  # the four-image training set (a module fixture)
+
+
+def fit(data, out, *extra) -> int:
+    return train.main(['--trainset_dir', str(data / 'train'), '--out_dir', str(out), *TINY1,
+                       *map(str, extra)])
+
+
+def epochs(out) -> list:
+    return [int(r['epoch']) for r in history(out)]
+
+
+def checkpoints(out) -> list:
+    return sorted(int(re.search(r'\d+', f).group()) for f in os.listdir(out / 'checkpoints'))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Resuming an earlier epoch: a new branch, never pruning the run you are in
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def five(data, tmp_path_factory):
+    """A run trained to epoch 5, every checkpoint kept."""
+    out = tmp_path_factory.mktemp('five') / 'run'
+    assert fit(data, out, '--epochs', '5', '--keep', '0') == 0
+    return out
+
+
+@pytest.fixture
+def five_copy(five, tmp_path, capsys):
+    shutil.copytree(five, tmp_path / 'run')
+    capsys.readouterr()
+    return tmp_path / 'run'
+
+
+def test_resuming_an_earlier_epoch_is_refused_without_overwrite_later(data, five_copy, capsys):
+    """The issue's repro: trained to 5, resume 1 with --epochs 2 (--keep 3). Pruning kept the
+    highest numbers (3, 4, 5 of the old run), deleting the checkpoint just written and the one
+    resumed from; --resume latest then jumped back to the abandoned epoch 5."""
+    out = five_copy
+    rc = fit(data, out, '--epochs', '2', '--resume', '1')
+    line = one_error(capsys.readouterr().err)
+    assert rc == 2 and '(2, 3, 4, 5)' in line and '--overwrite_later' in line
+    assert checkpoints(out) == [1, 2, 3, 4, 5] and epochs(out) == [1, 2, 3, 4, 5]
+    # starting afresh in a folder with checkpoints is the same branch problem
+    rc = fit(data, out, '--epochs', '1')
+    assert rc == 2 and '(1, 2, 3, 4, 5)' in one_error(capsys.readouterr().err)
+    assert checkpoints(out) == [1, 2, 3, 4, 5]
+
+
+def test_overwrite_later_moves_the_abandoned_run_aside(data, five, five_copy, capsys):
+    out = five_copy
+    assert fit(data, out, '--epochs', '2', '--resume', '1', '--overwrite_later') == 0
+    said = capsys.readouterr().out
+    aside = [d for d in os.listdir(out) if d.startswith('abandoned_after_epoch_1_')]
+    assert len(aside) == 1 and aside[0] in said and 'epochs 2, 3, 4, 5' in said
+    aside = out / aside[0]
+    assert checkpoints(aside) == [2, 3, 4, 5] and epochs(aside) == [1, 2, 3, 4, 5]
+    assert sorted(os.listdir(aside / 'weights')) == [f'G_epoch_{e}.pth' for e in (2, 3, 4, 5)]
+    # nothing lost: the old branch's files are the old ones, byte for byte
+    for e in (2, 3, 4, 5):
+        name = f'checkpoints/checkpoint_epoch_{e}.pth'
+        assert (aside / name).read_bytes() == (five / name).read_bytes()
+    # history.csv, the checkpoints and --resume latest agree on the new branch
+    assert checkpoints(out) == [1, 2] and epochs(out) == [1, 2]
+    assert sorted(os.listdir(out / 'weights')) == ['G_epoch_1.pth', 'G_epoch_2.pth']
+    assert ckpt(out, 2)['epoch'] == 2 and len(ckpt(out, 2)['history']) == 2
+    assert fit(data, out, '--epochs', '3', '--resume', 'latest') == 0
+    assert 'checkpoint_epoch_2.pth (epoch 2)' in capsys.readouterr().out
+    assert checkpoints(out) == [1, 2, 3] and epochs(out) == [1, 2, 3]
+
+
+def test_overwrite_later_starting_afresh(data, five_copy, capsys):
+    out = five_copy
+    assert fit(data, out, '--epochs', '1', '--overwrite_later') == 0
+    assert checkpoints(out) == [1] and epochs(out) == [1]
+    aside = [d for d in os.listdir(out) if d.startswith('abandoned_after_epoch_0_')]
+    assert len(aside) == 1 and checkpoints(out / aside[0]) == [1, 2, 3, 4, 5]
+
+
+def test_prune_leaves_later_epochs_alone(tmp_path):
+    for e in (1, 2, 3, 7, 8):
+        (tmp_path / f'checkpoint_epoch_{e}.pth').write_bytes(b'x')
+    train.prune(str(tmp_path), r'checkpoint_epoch_(\d+)\.pth', 2, epoch=3)
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint_epoch_2.pth', 'checkpoint_epoch_3.pth',
+                                            'checkpoint_epoch_7.pth', 'checkpoint_epoch_8.pth']
+
+
+# ---------------------------------------------------------------------------------------------
+# 12 and 14. A checkpoint resumes in its own mode; messages name the file and the cause
+# ---------------------------------------------------------------------------------------------
+
+ADV = ['--mode', 'adversarial', '--content_weight', '0']
+
+
+@pytest.fixture(scope='module')
+def small_d():
+    """An 8-channel discriminator: the full one makes each checkpoint ~225 MB."""
+    import functools
+
+    from model import Discriminator
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, 'Discriminator', functools.partial(Discriminator, channels=8))
+        yield
+
+
+@pytest.fixture(scope='module')
+def adversarial_run(data, small_d, tmp_path_factory):
+    out = tmp_path_factory.mktemp('adv') / 'run'
+    assert fit(data, out, *ADV, '--epochs', '1') == 0
+    return out
+
+
+def test_adversarial_checkpoint_in_generator_mode_needs_drop_discriminator(
+        data, adversarial_run, tmp_path, capsys):
+    """12: the discriminator was dropped silently and history.csv mixed both modes."""
+    out = tmp_path / 'run'
+    shutil.copytree(adversarial_run, out)
+    capsys.readouterr()
+    rc = fit(data, out, '--epochs', '2', '--resume', '1')
+    line = one_error(capsys.readouterr().err)
+    assert rc == 2 and 'checkpoint_epoch_1.pth' in line and '--drop_discriminator' in line
+    assert checkpoints(out) == [1]
+    assert fit(data, out, '--epochs', '2', '--resume', '1', '--drop_discriminator') == 0
+    assert 'discriminator is dropped' in capsys.readouterr().out
+    assert 'discriminator' not in ckpt(out, 2) and ckpt(out, 2)['args']['mode'] == 'generator'
+
+
+def test_generator_checkpoint_in_adversarial_mode_names_the_file_and_cause(data, small_d,
+                                                                          tmp_path, capsys):
+    """14: it said "(KeyError: 'opt_d')"."""
+    out = tmp_path / 'run'
+    assert fit(data, out, '--epochs', '1') == 0
+    capsys.readouterr()
+    rc = fit(data, out, *ADV, '--epochs', '2', '--resume', '1')
+    line = one_error(capsys.readouterr().err)
+    assert rc == 2 and 'checkpoint_epoch_1.pth' in line and 'KeyError' not in line
+    assert 'generator checkpoint' in line and '--pretrain' in line
+
+
+@pytest.mark.parametrize('kind', ['junk', 'shapes'])
+def test_vgg_weights_errors_name_the_file(kind, data, small_d, tmp_path, capsys):
+    """14: the last line of a torch error, without the file name."""
+    import torch
+    vgg = tmp_path / 'vgg.pth'
+    if kind == 'junk':
+        vgg.write_bytes(os.urandom(300))
+    else:
+        torch.save({'features.0.weight': torch.zeros(3, 3, 3, 3)}, vgg)
+    rc = fit(data, tmp_path / 'run', '--mode', 'adversarial', '--vgg_weights', vgg, '--epochs', '1')
+    line = one_error(capsys.readouterr().err)
+    assert rc == 1 and str(vgg) in line, line
+    assert ('corrupt or truncated' if kind == 'junk' else 'size mismatch for 0.weight') in line
