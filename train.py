@@ -21,6 +21,7 @@ methods (autocast, backward, wrap, collectives) are all the recipe ever calls.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import copy
 import csv
@@ -178,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 def get_args(argv=None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    # the flags given on the command line (a parse with no defaults), for a resume to tell
+    # them from defaults; kept out of the checkpoint's 'args' (state_of)
+    bare = build_parser()
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    args._given = sorted(vars(bare.parse_args(argv)))
     if args.out_dir is None:
         args.out_dir = os.path.join('runs', f'{args.mode}_x{args.upscale_factor}')
     if args.lr_step is None:
@@ -617,7 +624,8 @@ def load_resume_checkpoint(args, rt: Runtime) -> tuple:
 
 def state_of(s: TrainState, epoch: int, args, history: list, best: float) -> dict:
     """The checkpoint: the training state plus the run's progress and RNG state."""
-    state = {'epoch': epoch, 'args': vars(args), 'history': history, 'best_psnr': best,
+    flags = {k: v for k, v in vars(args).items() if not k.startswith('_')}
+    state = {'epoch': epoch, 'args': flags, 'history': history, 'best_psnr': best,
              'rng': {'torch': torch.get_rng_state()}, 'num_threads': torch.get_num_threads(),
              **s.state_dict()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -660,6 +668,40 @@ def restore(s: TrainState, state: dict, path: str) -> None:
                          and (diff := utils.state_dict_mismatch(utils.unwrap(net), sd))),
                         f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}')
         raise TrainingError(f'{path}: checkpoint does not match this run ({mismatch})') from None
+
+
+OPTIMISER_FLAGS = ('lr', 'lr_d', 'lr_step')
+
+
+def apply_optimiser_flags(args, s: TrainState, state: dict, log=print) -> None:
+    """After a resume: --lr, --lr_d and --lr_step given on the command line replace the
+    checkpoint's (the rates then follow the schedule from the resumed epoch on), in one line
+    saying so; those not given keep the checkpoint's values, which args then records."""
+    given = [k for k in OPTIMISER_FLAGS if k in getattr(args, '_given', ())]
+    saved = state.get('args') if isinstance(state.get('args'), dict) else {}
+    for k in OPTIMISER_FLAGS:
+        if k not in given and k in saved:
+            setattr(args, k, saved[k])
+    if not given:
+        return
+    before = {k: saved.get(k) for k in given}
+    # the discriminator follows --lr unless it has its own --lr_d (now or in the checkpoint)
+    lr_d = args.lr_d if args.lr_d is not None else args.lr
+    sides = [(s.opt_g, s.sched_g, args.lr)] + ([(s.opt_d, s.sched_d, lr_d)] if s.opt_d else [])
+    for opt, sched, base in sides:
+        if 'lr_step' in given:
+            sched.milestones = collections.Counter([args.lr_step] if args.lr_step else [])
+        if 'lr_step' in given or 'lr' in given or (opt is s.opt_d and 'lr_d' in given):
+            sched.base_lrs = [base for _ in opt.param_groups]
+            passed = sum(n for m, n in sched.milestones.items() if m <= sched.last_epoch)
+            for group in opt.param_groups:
+                group['initial_lr'] = base
+                group['lr'] = base * sched.gamma ** passed
+            sched._last_lr = [g['lr'] for g in opt.param_groups]
+    now = f'lr_g {s.opt_g.param_groups[0]["lr"]:g}' + (
+        f', lr_d {s.opt_d.param_groups[0]["lr"]:g}' if s.opt_d else '')
+    log(f'resume: applying {" ".join(f"--{k} {getattr(args, k)}" for k in given)} over the '
+        f'checkpoint\'s ({", ".join(f"{k} {v}" for k, v in before.items())}); now {now}')
 
 
 def prune(folder: str, pattern: str, keep: int, epoch: int) -> None:
@@ -1019,6 +1061,7 @@ def run(args, rt: Runtime) -> None:
     if state is not None:
         check_resumed_mode(args, state, path, rt.log)
         restore(s, state, path)
+        apply_optimiser_flags(args, s, state, rt.log)
         start, history, best = state['epoch'] + 1, state['history'], state['best_psnr']
         rt.log(f'resumed from {path} (epoch {state["epoch"]})')
         if start > args.epochs:

@@ -169,3 +169,42 @@ def test_vgg_weights_errors_name_the_file(kind, data, small_d, tmp_path, capsys)
     line = one_error(capsys.readouterr().err)
     assert rc == 1 and str(vgg) in line, line
     assert ('corrupt or truncated' if kind == 'junk' else 'size mismatch for 0.weight') in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Optimiser flags given with --resume are applied, and said
+# ---------------------------------------------------------------------------------------------
+
+def lrs(state) -> tuple:
+    return tuple(state[k]['param_groups'][0]['lr'] for k in ('opt_g', 'opt_d') if k in state)
+
+
+@pytest.fixture(scope='module')
+def two_epochs(data, small_d, tmp_path_factory):
+    """An adversarial run of 2 epochs at --lr 1e-4, never stepped down (--lr_step 0)."""
+    out = tmp_path_factory.mktemp('two') / 'run'
+    assert fit(data, out, *ADV, '--epochs', '2', '--lr_step', '0') == 0
+    return out
+
+
+@pytest.mark.parametrize('flags, expected', [
+    ([], (1e-4, 1e-4)),                              # untouched when not given
+    (['--lr', '1e-3'], (1e-3, 1e-3)),                # D follows --lr
+    (['--lr_d', '5e-4'], (1e-4, 5e-4)),
+    (['--lr', '1e-3', '--lr_step', '1'], (1e-4, 1e-4)),  # step passed: 1e-3 / 10
+])
+def test_optimiser_flags_with_resume_are_applied(flags, expected, data, two_epochs, tmp_path,
+                                                 capsys):
+    """13: they were ignored without notice (the checkpoint's rates and schedule kept)."""
+    out = tmp_path / 'run'
+    shutil.copytree(two_epochs, out)
+    capsys.readouterr()
+    assert fit(data, out, *ADV, '--epochs', '3', '--resume', '2', *flags) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if 'applying' in line]
+    assert len(said) == (1 if flags else 0), said
+    for flag in flags[::2]:
+        assert flag in said[0]
+    assert lrs(ckpt(out, 3)) == pytest.approx(expected, rel=1e-9)
+    row = history(out)[2]
+    assert (float(row['lr_g']), float(row['lr_d'])) == pytest.approx(expected, rel=1e-5)
+    assert ckpt(out, 3)['args']['lr_step'] == (1 if '--lr_step' in flags else 0)
