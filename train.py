@@ -1113,7 +1113,7 @@ def run(args, rt: Runtime) -> None:
                 save_all(args, s, epoch, history, best, is_best)
                 write_history(args, history)  # after the checkpoint: never an unsaved epoch
             except OSError as e:
-                raise TrainingError(utils.write_failure(e.filename or args.out_dir, e)) from None
+                raise write_error(args, e) from None
             if tb is not None:
                 for k, v in row.items():
                     if k != 'epoch':
@@ -1332,6 +1332,8 @@ def worker(local_rank: int, run_fn, args, world_size: int, port: int) -> None:
     except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
         # one line here; the parent then stops the other processes and exits non-zero
         sys.exit(report(e))
+    except OSError as e:
+        sys.exit(report(write_error(args, e)))
     except KeyboardInterrupt:
         sys.exit(utils.EXIT_INTERRUPTED)
 
@@ -1395,12 +1397,22 @@ def report(e: Exception) -> int:
     return utils.EXIT_USAGE if isinstance(e, utils.UsageError) else utils.EXIT_FAILED
 
 
+def write_error(args, e: OSError) -> TrainingError:
+    """A write that failed anywhere in the run (validation samples, history.csv, checkpoints,
+    weights, TensorBoard, moving files aside) as one line: 'no space left writing <file>' for
+    a full disk. What was written before stays: every file is written atomically, the
+    checkpoint of the epoch before included."""
+    return TrainingError(utils.write_failure(e.filename or args.out_dir, e))
+
+
 def main(argv=None) -> int:
     args = get_args(argv)
     try:
         launch(args, run)
     except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
         return report(e)
+    except OSError as e:
+        return report(write_error(args, e))
     except KeyboardInterrupt:
         print('interrupted; resume with --resume latest', file=sys.stderr)
         return utils.EXIT_INTERRUPTED

@@ -208,3 +208,55 @@ def test_optimiser_flags_with_resume_are_applied(flags, expected, data, two_epoc
     row = history(out)[2]
     assert (float(row['lr_g']), float(row['lr_d'])) == pytest.approx(expected, rel=1e-5)
     assert ckpt(out, 3)['args']['lr_step'] == (1 if '--lr_step' in flags else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. A full disk at any write: one line, exit 1, the previous checkpoint kept
+# ---------------------------------------------------------------------------------------------
+
+def test_full_disk_writing_validation_samples_is_one_line(data, tmp_path, monkeypatch, capsys):
+    """7: a traceback; the sample images were written outside the full-disk handling."""
+    import errno
+
+    import torch
+    from PIL import Image
+    out = tmp_path / 'run'
+    valid = ['--validset_dir', data / 'valid']
+    assert fit(data, out, '--epochs', '1', *valid) == 0
+    before = (out / 'checkpoints' / 'checkpoint_epoch_1.pth').read_bytes()
+    real = Image.Image.save
+
+    def full(img, fp, *a, **k):
+        if 'output' in str(fp):  # the validation samples only
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(img, fp, *a, **k)
+    monkeypatch.setattr(Image.Image, 'save', full)
+    capsys.readouterr()
+    rc = fit(data, out, '--epochs', '2', '--resume', 'latest', *valid)
+    line = one_error(capsys.readouterr().err)
+    assert rc == 1 and 'no space left writing' in line and '_sr.png' in line, line
+    assert checkpoints(out) == [1] and epochs(out) == [1]
+    assert (out / 'checkpoints' / 'checkpoint_epoch_1.pth').read_bytes() == before
+    assert not list(out.rglob('.tmp_*'))
+    assert torch.load(out / 'checkpoints' / 'checkpoint_epoch_1.pth', weights_only=True)['epoch'] == 1
+
+
+@pytest.mark.parametrize('what', ['history.csv', 'G_epoch_2.pth', 'checkpoint_epoch_2.pth'])
+def test_full_disk_at_every_other_write_is_one_line(what, data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import utils
+    out = tmp_path / 'run'
+    assert fit(data, out, '--epochs', '1') == 0
+    real = utils.atomic_write
+
+    def full(path, write):
+        if os.path.basename(path) == what:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real(path, write)
+    monkeypatch.setattr(utils, 'atomic_write', full)
+    capsys.readouterr()
+    rc = fit(data, out, '--epochs', '2', '--resume', 'latest')
+    line = one_error(capsys.readouterr().err)
+    assert rc == 1 and f'no space left writing {out}' in line and what in line, line
+    assert 1 in checkpoints(out) and epochs(out) == [1]
