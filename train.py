@@ -29,6 +29,7 @@ import datetime
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -717,8 +718,12 @@ def prune(folder: str, pattern: str, keep: int, epoch: int) -> None:
 
 
 def remove_stale_temporaries(out_dir: str) -> None:
-    """Delete half-written '.tmp_*' files that a killed run left behind (atomic_write's)."""
-    for sub in ('checkpoints', 'weights'):
+    """Delete half-written '.tmp_*' files that a killed run left behind (atomic_write's):
+    checkpoints, weights, history.csv's (in out_dir itself) and the validation samples'."""
+    samples = os.path.join(out_dir, 'output')
+    subs = ['', 'checkpoints', 'weights'] + [os.path.join('output', d) for d in (
+        os.listdir(samples) if os.path.isdir(samples) else [])]
+    for sub in subs:
         folder = os.path.join(out_dir, sub)
         for f in os.listdir(folder) if os.path.isdir(folder) else []:
             if f.startswith('.tmp_'):
@@ -1324,9 +1329,31 @@ def fabric_runtime(args) -> FabricRuntime:
     return FabricRuntime(args, fabric)
 
 
+def stop_on_sigterm(signum, frame):
+    """SIGTERM (kill, a scheduler's preemption) stops training as Ctrl-C does: what is being
+    written is abandoned (atomic_write removes its temporary file), the last checkpoint
+    stays."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """stop_on_sigterm as the SIGTERM handler inside the block (main thread only)."""
+    try:
+        before = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    except ValueError:  # not the main thread: leave the handler alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def worker(local_rank: int, run_fn, args, world_size: int, port: int) -> None:
     """Entry point of a self-spawned DDP process."""
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         run_process(run_fn, args, local_rank, world_size, local_rank)
     except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
@@ -1408,13 +1435,16 @@ def write_error(args, e: OSError) -> TrainingError:
 def main(argv=None) -> int:
     args = get_args(argv)
     try:
-        launch(args, run)
+        with sigterm_as_interrupt():
+            launch(args, run)
     except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
         return report(e)
     except OSError as e:
         return report(write_error(args, e))
-    except KeyboardInterrupt:
-        print('interrupted; resume with --resume latest', file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        if os.path.isdir(args.out_dir):
+            remove_stale_temporaries(args.out_dir)
+        utils.error('interrupted; the last checkpoint is kept, continue with --resume latest')
         return utils.EXIT_INTERRUPTED
     return 0
 

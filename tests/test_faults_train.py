@@ -260,3 +260,93 @@ def test_full_disk_at_every_other_write_is_one_line(what, data, tmp_path, monkey
     line = one_error(capsys.readouterr().err)
     assert rc == 1 and f'no space left writing {out}' in line and what in line, line
     assert 1 in checkpoints(out) and epochs(out) == [1]
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Ctrl-C and SIGTERM stop cleanly; 10. a FIFO in the training folder does not hang
+# ---------------------------------------------------------------------------------------------
+
+def test_ctrl_c_during_a_write_is_one_line_130_and_leaves_no_temporary(data, tmp_path,
+                                                                       monkeypatch, capsys):
+    import torch
+    out = tmp_path / 'run'
+    assert fit(data, out, '--epochs', '1') == 0
+    real = torch.save
+
+    def interrupted(obj, f, *a, **k):  # Ctrl-C half-way through writing checkpoint 2
+        real(obj, f, *a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, 'save', interrupted)
+    capsys.readouterr()
+    rc = fit(data, out, '--epochs', '2', '--resume', 'latest')
+    line = one_error(capsys.readouterr().err)
+    assert rc == 130 and line.startswith('error: interrupted'), line
+    assert not list(out.rglob('.tmp_*')) and checkpoints(out) == [1] and epochs(out) == [1]
+
+
+def test_sigterm_stops_training_cleanly(data, tmp_path):
+    """9: SIGTERM killed the process where it stood (temporary files left, no message)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    out = tmp_path / 'run'
+    argv = [sys.executable, str(ROOT / 'train.py'), '--trainset_dir', str(data / 'train'),
+            '--out_dir', str(out), *TINY1, '--iters_per_epoch', '20', '--epochs', '1000']
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    try:
+        deadline = time.time() + 120
+        while not (out / 'checkpoints' / 'checkpoint_epoch_1.pth').exists():
+            assert p.poll() is None and time.time() < deadline, p.stderr.read()
+            time.sleep(0.1)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGTERM)
+        err = p.communicate(timeout=60)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert one_error(err).startswith('error: interrupted')
+    assert not list(out.rglob('.tmp_*'))
+    # history.csv never lists an epoch without its checkpoint, which loads
+    last = checkpoints(out)[-1]
+    assert epochs(out)[-1] in (last, last - 1) and ckpt(out, last)['epoch'] == last
+
+
+def test_a_tmp_csv_left_by_a_kill_is_removed_at_the_next_start(data, tmp_path):
+    """9: a kill during a history.csv write left .tmp_*.csv in --out_dir for good."""
+    out = tmp_path / 'run'
+    assert fit(data, out, '--epochs', '1') == 0
+    (out / 'output' / '1').mkdir(parents=True)
+    stale = [out / '.tmp_k1ll3d.csv', out / 'output' / '1' / '.tmp_x.png']
+    for f in stale:
+        f.write_text('epoch,loss_g\n1,')
+    assert fit(data, out, '--epochs', '2', '--resume', 'latest') == 0
+    assert not any(f.exists() for f in stale)
+
+
+def test_a_fifo_in_the_training_folder_is_reported_not_waited_on(data, tmp_path, capsys):
+    """10: a FIFO named *.png blocked dataset building forever."""
+    import threading
+    import warnings
+    train_dir = tmp_path / 'train'
+    shutil.copytree(data / 'train', train_dir)
+    os.mkfifo(train_dir / 'fifo.png')
+    result = []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        t = threading.Thread(target=lambda: result.append(train.main(
+            ['--trainset_dir', str(train_dir), '--out_dir', str(tmp_path / 'run'), *TINY1,
+             '--validset_dir', str(train_dir), '--epochs', '1'])), daemon=True)
+        t.start()
+        t.join(120)
+    if t.is_alive():  # unblock the reader so that the process can end, then fail
+        with open(train_dir / 'fifo.png', 'wb'):
+            pass
+        pytest.fail('train.py blocked on the FIFO')
+    assert result == [0]
+    said = [str(w.message) for w in seen if 'not a regular file' in str(w.message)]
+    assert said and 'fifo.png' in said[0]
