@@ -678,8 +678,10 @@ def apply_optimiser_flags(args, s: TrainState, state: dict, log=print) -> None:
     """After a resume: --lr, --lr_d and --lr_step given on the command line replace the
     checkpoint's (the rates then follow the schedule from the resumed epoch on), in one line
     saying so; those not given keep the checkpoint's values, which args then records."""
-    given = [k for k in OPTIMISER_FLAGS if k in getattr(args, '_given', ())]
     saved = state.get('args') if isinstance(state.get('args'), dict) else {}
+    # given, and other than the checkpoint's (the same command again is no change)
+    given = [k for k in OPTIMISER_FLAGS if k in getattr(args, '_given', ())
+             and (k not in saved or saved[k] != getattr(args, k))]
     for k in OPTIMISER_FLAGS:
         if k not in given and k in saved:
             setattr(args, k, saved[k])
