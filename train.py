@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument('--trainset_dir', default='data/DIV2K_train_sub', help='training images')
     p.add_argument('--validset_dir', default=None, help='validation images (HR) (default: none, no validation)')
-    p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8],
-                   help='super resolution upscale factor')
+    # the shared flags (--upscale_factor, --cuda, --amp, --out_dir) as every script defines
+    # them (utils.add_flags); train.py's own defaults where it has a reason
+    utils.add_flags(p, 'upscale_factor', upscale_factor=utils.DEFAULT_SCALE)
     p.add_argument('--epochs', type=utils.number(int, 1), default=100, help='training epochs')
     p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir (default: none, start "
                         'afresh)')
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'discriminator is dropped and history.csv goes on in generator mode')
     p.add_argument('--pretrain', default=None, help='generator weights or checkpoint to start from (default: none, random '
                         'weights)')
-    p.add_argument('--cuda', action='store_true', help='train on the GPU')
+    utils.add_flags(p, 'cuda')
     p.add_argument('--dp', action='store_true', help='DataParallel over the visible GPUs')
     p.add_argument('--ddp', action='store_true', help='DistributedDataParallel (torchrun, '
                    'SLURM srun, or self-spawned with --nproc)')
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='seconds a collective may wait for a lost rank before the job fails')
     p.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under DDP')
     p.add_argument('--lightning', action='store_true', help='train through Lightning Fabric')
-    p.add_argument('--out_dir', default=None, help='output folder (default: runs/<mode>_x<scale>)')
+    utils.add_flags(p, 'out_dir', out_dir=utils.Default(None, 'runs/<mode>_x<scale>'))
     p.add_argument('--batch_size', type=utils.number(int, 1), default=16,
                    help='per process under DDP')
     p.add_argument('--crop_size', type=utils.number(int, 1), default=96, help='HR crop size')
@@ -154,8 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'adversarial epoch)')
     p.add_argument('--best_margin', type=utils.number(float, 0), default=0.5,
                    help='dB of PSNR-Y that --best_metric niqe may give up for naturalness')
-    p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
-                   help='autocast precision; auto: bf16 where the device supports it')
+    utils.add_flags(p, 'amp')
     p.add_argument('--ema', type=utils.number(float, 0, 1, high_open=True), default=0.0,
                    help='generator EMA decay (e.g. 0.999); 0 = off')
     p.add_argument('--seed', type=utils.number(int, 0), default=0,
