@@ -634,11 +634,11 @@ def state_of(s: TrainState, epoch: int, args, history: list, best: float) -> dic
     return state
 
 
-def check_resumed_mode(args, state: dict, path: str, log=print) -> None:
+def check_resumed_mode(args, state: dict, path: str, rt: Runtime) -> None:
     """A checkpoint resumes in its own --mode. An adversarial one in --mode generator would
     drop its discriminator and mix both modes in history.csv: refused unless
     --drop_discriminator. A generator one has no discriminator to resume in --mode adversarial:
-    refused, pointing to --pretrain."""
+    refused, pointing to --pretrain. Under DDP rank 0 carries the message."""
     saved = state.get('args', {}).get('mode') if isinstance(state.get('args'), dict) else None
     saved = saved or ('adversarial' if 'discriminator' in state else 'generator')
     if saved == args.mode:
@@ -646,12 +646,12 @@ def check_resumed_mode(args, state: dict, path: str, log=print) -> None:
     if saved == 'generator':
         raise SetupError(f'{path}: a --mode generator checkpoint (no discriminator or its '
                          f'optimizer to resume); to train it adversarially, start a new run '
-                         f'with --pretrain {path}')
+                         f'with --pretrain {path}' if rt.master else '')
     if not args.drop_discriminator:
         raise SetupError(f'{path}: an --mode adversarial checkpoint; resuming it in --mode '
                          f'generator drops its discriminator and mixes both modes in '
-                         f'history.csv: add --drop_discriminator to do so')
-    log(f'--drop_discriminator: resuming the generator of {path} in --mode generator; its '
+                         f'history.csv: add --drop_discriminator to do so' if rt.master else '')
+    rt.log(f'--drop_discriminator: resuming the generator of {path} in --mode generator; its '
         f'discriminator is dropped')
 
 
@@ -1066,7 +1066,7 @@ def run(args, rt: Runtime) -> None:
     start, history, best = 1, [], -math.inf
     path, state = load_resume_checkpoint(args, rt) if args.resume is not None else (None, None)
     if state is not None:
-        check_resumed_mode(args, state, path, rt.log)
+        check_resumed_mode(args, state, path, rt)
         restore(s, state, path)
         apply_optimiser_flags(args, s, state, rt.log)
         start, history, best = state['epoch'] + 1, state['history'], state['best_psnr']
