@@ -21,6 +21,7 @@ methods (autocast, backward, wrap, collectives) are all the recipe ever calls.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import copy
 import csv
@@ -28,6 +29,7 @@ import datetime
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -72,18 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument('--trainset_dir', default='data/DIV2K_train_sub', help='training images')
     p.add_argument('--validset_dir', default=None, help='validation images (HR) (default: none, no validation)')
-    p.add_argument('--upscale_factor', type=int, default=4, choices=[2, 4, 8],
-                   help='super resolution upscale factor')
+    # the shared flags (--upscale_factor, --cuda, --amp, --out_dir) as every script defines
+    # them (utils.add_flags); train.py's own defaults where it has a reason
+    utils.add_flags(p, 'upscale_factor', upscale_factor=utils.DEFAULT_SCALE)
     p.add_argument('--epochs', type=utils.number(int, 1), default=100, help='training epochs')
     p.add_argument('--resume', default=None, help="epoch number or 'latest' in --out_dir (default: none, start "
                         'afresh)')
+    p.add_argument('--overwrite_later', action='store_true',
+                   help='resuming an earlier epoch than the newest checkpoint (or starting afresh '
+                        'in an --out_dir with checkpoints) starts a new branch: move the later '
+                        'checkpoints, weights, samples and history.csv rows aside into '
+                        '--out_dir/abandoned_after_epoch_N_<time>/ instead of refusing')
     p.add_argument('--mode', default='generator', choices=['adversarial', 'generator'],
                    help="generator: SRResNet, pixel MSE. adversarial: SRGAN; with "
                         "--content_weight 0 this is the paper's SRGAN-MSE variant (no VGG), "
                         'otherwise SRGAN-VGG54 (needs ImageNet VGG19 weights)')
+    p.add_argument('--drop_discriminator', action='store_true',
+                   help='allow --resume of an adversarial checkpoint in --mode generator: its '
+                        'discriminator is dropped and history.csv goes on in generator mode')
     p.add_argument('--pretrain', default=None, help='generator weights or checkpoint to start from (default: none, random '
                         'weights)')
-    p.add_argument('--cuda', action='store_true', help='train on the GPU')
+    utils.add_flags(p, 'cuda')
     p.add_argument('--dp', action='store_true', help='DataParallel over the visible GPUs')
     p.add_argument('--ddp', action='store_true', help='DistributedDataParallel (torchrun, '
                    'SLURM srun, or self-spawned with --nproc)')
@@ -97,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='seconds a collective may wait for a lost rank before the job fails')
     p.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under DDP')
     p.add_argument('--lightning', action='store_true', help='train through Lightning Fabric')
-    p.add_argument('--out_dir', default=None, help='output folder (default: runs/<mode>_x<scale>)')
+    utils.add_flags(p, 'out_dir', out_dir=utils.Default(None, 'runs/<mode>_x<scale>'))
     p.add_argument('--batch_size', type=utils.number(int, 1), default=16,
                    help='per process under DDP')
     p.add_argument('--crop_size', type=utils.number(int, 1), default=96, help='HR crop size')
@@ -144,8 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'adversarial epoch)')
     p.add_argument('--best_margin', type=utils.number(float, 0), default=0.5,
                    help='dB of PSNR-Y that --best_metric niqe may give up for naturalness')
-    p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
-                   help='autocast precision; auto: bf16 where the device supports it')
+    utils.add_flags(p, 'amp')
     p.add_argument('--ema', type=utils.number(float, 0, 1, high_open=True), default=0.0,
                    help='generator EMA decay (e.g. 0.999); 0 = off')
     p.add_argument('--seed', type=utils.number(int, 0), default=0,
@@ -170,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 def get_args(argv=None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    # the flags given on the command line (a parse with no defaults), for a resume to tell
+    # them from defaults; kept out of the checkpoint's 'args' (state_of)
+    bare = build_parser()
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    args._given = sorted(vars(bare.parse_args(argv)))
     if args.out_dir is None:
         args.out_dir = os.path.join('runs', f'{args.mode}_x{args.upscale_factor}')
     if args.lr_step is None:
@@ -225,7 +241,7 @@ def setup_problem(args) -> str:
     if args.pretrain and not os.path.isfile(args.pretrain):
         what = 'is a folder, not a weights file' if os.path.isdir(args.pretrain) else 'not found'
         return f'--pretrain {args.pretrain}: {what}'
-    return utils.output_problem(args.out_dir, folder=True) or ''
+    return utils.output_problem(args.out_dir, folder=True) or branch_problem(args)
 
 
 
@@ -511,6 +527,73 @@ def checkpoint_path(args, epoch: int) -> str:
     return os.path.join(args.out_dir, 'checkpoints', f'checkpoint_epoch_{epoch}.pth')
 
 
+def epochs_in(folder: str, pattern: str = r'checkpoint_epoch_(\d+)\.pth') -> list:
+    """Sorted epoch numbers of the files in `folder` matching `pattern` (none: [])."""
+    return sorted(int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                  if (m := re.fullmatch(pattern, f)))
+
+
+def resumed_epoch(args):
+    """The epoch the run continues from as the flags say: N for --resume N, 0 when starting
+    afresh, None for --resume latest (the newest checkpoint that loads: never a branch)."""
+    if args.resume is None:
+        return 0
+    return int(args.resume) if str(args.resume).isdigit() else None
+
+
+def branch_problem(args) -> str:
+    """Resuming epoch N while --out_dir holds checkpoints of later epochs (or starting afresh
+    where it holds any) starts a new branch, which would overwrite and prune the old one's:
+    refused unless --overwrite_later moves them aside (set_aside_later)."""
+    epoch = resumed_epoch(args)
+    later = [e for e in epochs_in(os.path.join(args.out_dir, 'checkpoints'))
+             if epoch is not None and e > epoch]
+    if not later or args.overwrite_later:
+        return ''
+    listed = ', '.join(map(str, later))
+    start = f'--resume {epoch}' if epoch else 'starting afresh'
+    return (f'{args.out_dir} holds checkpoints of later epochs ({listed}); {start} would start '
+            f'a new branch and overwrite them: use --resume latest to continue, or add '
+            f'--overwrite_later to move them aside')
+
+
+def set_aside_later(args, epoch: int, history: list, log=print) -> None:
+    """--overwrite_later: move the checkpoints, per-epoch weights, best.pth and validation
+    samples of epochs after `epoch`, and history.csv, into
+    out_dir/abandoned_after_epoch_<epoch>_<time>/, and write history.csv anew from `history`
+    (the resumed checkpoint's rows): history.csv, the checkpoints and --resume latest agree."""
+    out = args.out_dir
+    ckpts = [e for e in epochs_in(os.path.join(out, 'checkpoints')) if e > epoch]
+    if not ckpts:
+        return
+    moves = [os.path.join('checkpoints', f'checkpoint_epoch_{e}.pth') for e in ckpts]
+    moves += [os.path.join('weights', f'G_epoch_{e}.pth')
+              for e in epochs_in(os.path.join(out, 'weights'), r'G_epoch_(\d+)\.pth') if e > epoch]
+    moves += [os.path.join('output', str(e))
+              for e in epochs_in(os.path.join(out, 'output'), r'(\d+)') if e > epoch]
+    best = os.path.join(out, 'weights', 'best.pth')
+    try:
+        best_epoch_saved = utils.load_checkpoint(best).get('epoch') if os.path.isfile(best) else None
+    except utils.CheckpointError:
+        best_epoch_saved = None
+    if isinstance(best_epoch_saved, int) and best_epoch_saved > epoch:
+        moves.append(os.path.join('weights', 'best.pth'))
+    if os.path.isfile(os.path.join(out, 'history.csv')):
+        moves.append('history.csv')
+    name = f'abandoned_after_epoch_{epoch}_{time.strftime("%Y%m%d-%H%M%S")}'
+    aside, n = os.path.join(out, name), 1
+    while os.path.exists(aside):
+        n += 1
+        aside = os.path.join(out, f'{name}_{n}')
+    for rel in moves:
+        os.makedirs(os.path.dirname(os.path.join(aside, rel)), exist_ok=True)
+        os.replace(os.path.join(out, rel), os.path.join(aside, rel))
+    if history:
+        write_history(args, history)
+    log(f'--overwrite_later: moved the checkpoints of epochs {", ".join(map(str, ckpts))} '
+        f'and their weights, samples and history.csv rows aside into {aside}')
+
+
 def load_resume_checkpoint(args, rt: Runtime) -> tuple:
     """(path, state) of the checkpoint --resume names, or (None, None) to start fresh.
 
@@ -542,12 +625,34 @@ def load_resume_checkpoint(args, rt: Runtime) -> tuple:
 
 def state_of(s: TrainState, epoch: int, args, history: list, best: float) -> dict:
     """The checkpoint: the training state plus the run's progress and RNG state."""
-    state = {'epoch': epoch, 'args': vars(args), 'history': history, 'best_psnr': best,
+    flags = {k: v for k, v in vars(args).items() if not k.startswith('_')}
+    state = {'epoch': epoch, 'args': flags, 'history': history, 'best_psnr': best,
              'rng': {'torch': torch.get_rng_state()}, 'num_threads': torch.get_num_threads(),
              **s.state_dict()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['rng']['cuda'] = torch.cuda.get_rng_state_all()
     return state
+
+
+def check_resumed_mode(args, state: dict, path: str, rt: Runtime) -> None:
+    """A checkpoint resumes in its own --mode. An adversarial one in --mode generator would
+    drop its discriminator and mix both modes in history.csv: refused unless
+    --drop_discriminator. A generator one has no discriminator to resume in --mode adversarial:
+    refused, pointing to --pretrain. Under DDP rank 0 carries the message."""
+    saved = state.get('args', {}).get('mode') if isinstance(state.get('args'), dict) else None
+    saved = saved or ('adversarial' if 'discriminator' in state else 'generator')
+    if saved == args.mode:
+        return
+    if saved == 'generator':
+        raise SetupError(f'{path}: a --mode generator checkpoint (no discriminator or its '
+                         f'optimizer to resume); to train it adversarially, start a new run '
+                         f'with --pretrain {path}' if rt.master else '')
+    if not args.drop_discriminator:
+        raise SetupError(f'{path}: an --mode adversarial checkpoint; resuming it in --mode '
+                         f'generator drops its discriminator and mixes both modes in '
+                         f'history.csv: add --drop_discriminator to do so' if rt.master else '')
+    rt.log(f'--drop_discriminator: resuming the generator of {path} in --mode generator; its '
+        f'discriminator is dropped')
 
 
 def restore(s: TrainState, state: dict, path: str) -> None:
@@ -566,19 +671,61 @@ def restore(s: TrainState, state: dict, path: str) -> None:
         raise TrainingError(f'{path}: checkpoint does not match this run ({mismatch})') from None
 
 
-def prune(folder: str, pattern: str, keep: int) -> None:
-    """Delete all but the newest `keep` files in `folder` matching `pattern` (epoch group)."""
+OPTIMISER_FLAGS = ('lr', 'lr_d', 'lr_step')
+
+
+def apply_optimiser_flags(args, s: TrainState, state: dict, log=print) -> None:
+    """After a resume: --lr, --lr_d and --lr_step given on the command line replace the
+    checkpoint's (the rates then follow the schedule from the resumed epoch on), in one line
+    saying so; those not given keep the checkpoint's values, which args then records."""
+    saved = state.get('args') if isinstance(state.get('args'), dict) else {}
+    # given, and other than the checkpoint's (the same command again is no change)
+    given = [k for k in OPTIMISER_FLAGS if k in getattr(args, '_given', ())
+             and (k not in saved or saved[k] != getattr(args, k))]
+    for k in OPTIMISER_FLAGS:
+        if k not in given and k in saved:
+            setattr(args, k, saved[k])
+    if not given:
+        return
+    before = {k: saved.get(k) for k in given}
+    # the discriminator follows --lr unless it has its own --lr_d (now or in the checkpoint)
+    lr_d = args.lr_d if args.lr_d is not None else args.lr
+    sides = [(s.opt_g, s.sched_g, args.lr)] + ([(s.opt_d, s.sched_d, lr_d)] if s.opt_d else [])
+    for opt, sched, base in sides:
+        if 'lr_step' in given:
+            sched.milestones = collections.Counter([args.lr_step] if args.lr_step else [])
+        if 'lr_step' in given or 'lr' in given or (opt is s.opt_d and 'lr_d' in given):
+            sched.base_lrs = [base for _ in opt.param_groups]
+            passed = sum(n for m, n in sched.milestones.items() if m <= sched.last_epoch)
+            for group in opt.param_groups:
+                group['initial_lr'] = base
+                group['lr'] = base * sched.gamma ** passed
+            sched._last_lr = [g['lr'] for g in opt.param_groups]
+    now = f'lr_g {s.opt_g.param_groups[0]["lr"]:g}' + (
+        f', lr_d {s.opt_d.param_groups[0]["lr"]:g}' if s.opt_d else '')
+    log(f'resume: applying {" ".join(f"--{k} {getattr(args, k)}" for k in given)} over the '
+        f'checkpoint\'s ({", ".join(f"{k} {v}" for k, v in before.items())}); now {now}')
+
+
+def prune(folder: str, pattern: str, keep: int, epoch: int) -> None:
+    """Delete all but the newest `keep` files in `folder` matching `pattern` (epoch group) of
+    the current branch: those of epochs up to `epoch`, the one just written. Later epochs' files
+    are never this run's to delete (set_aside_later moves them before the run starts)."""
     if keep <= 0 or not os.path.isdir(folder):
         return
-    files = sorted((int(m.group(1)), f) for f in os.listdir(folder)
-                   if (m := re.fullmatch(pattern, f)))
+    files = sorted((e, f) for f in os.listdir(folder)
+                   if (m := re.fullmatch(pattern, f)) and (e := int(m.group(1))) <= epoch)
     for _, f in files[:-keep]:
         os.remove(os.path.join(folder, f))
 
 
 def remove_stale_temporaries(out_dir: str) -> None:
-    """Delete half-written '.tmp_*' files that a killed run left behind (atomic_write's)."""
-    for sub in ('checkpoints', 'weights'):
+    """Delete half-written '.tmp_*' files that a killed run left behind (atomic_write's):
+    checkpoints, weights, history.csv's (in out_dir itself) and the validation samples'."""
+    samples = os.path.join(out_dir, 'output')
+    subs = ['', 'checkpoints', 'weights'] + [os.path.join('output', d) for d in (
+        os.listdir(samples) if os.path.isdir(samples) else [])]
+    for sub in subs:
         folder = os.path.join(out_dir, sub)
         for f in os.listdir(folder) if os.path.isdir(folder) else []:
             if f.startswith('.tmp_'):
@@ -596,8 +743,9 @@ def save_all(args, s: TrainState, epoch: int, history: list, best: float,
         utils.save_weights(gen, os.path.join(wdir, 'best.pth'), **meta)
     # the checkpoint last: once it exists, everything it refers to is on disk
     utils.save_checkpoint(state_of(s, epoch, args, history, best), checkpoint_path(args, epoch))
-    prune(os.path.join(args.out_dir, 'checkpoints'), r'checkpoint_epoch_(\d+)\.pth', args.keep)
-    prune(wdir, r'G_epoch_(\d+)\.pth', args.keep)
+    prune(os.path.join(args.out_dir, 'checkpoints'), r'checkpoint_epoch_(\d+)\.pth', args.keep,
+          epoch)
+    prune(wdir, r'G_epoch_(\d+)\.pth', args.keep, epoch)
 
 
 def variant(args) -> str:
@@ -765,10 +913,25 @@ def build(args, rt: Runtime) -> TrainState:
                 s.vgg = FeatureExtractor(args.vgg_weights).to(rt.device, memory_format=cl)
             except RuntimeError as e:
                 # weights that cannot be had here (offline, no such file): the command cannot
-                # run as given; a file that is not VGG19 weights: a failed input
-                missing = args.vgg_weights == 'imagenet' or not os.path.isfile(args.vgg_weights)
-                raise (SetupError if missing else TrainingError)(str(e)) from None
+                # run as given; a file that is not VGG19 weights: a failed input, named
+                if args.vgg_weights == 'imagenet' or not os.path.isfile(args.vgg_weights):
+                    raise SetupError(str(e)) from None
+                raise TrainingError(f'--vgg_weights {vgg_problem(args.vgg_weights, e)}') from None
     return s
+
+
+def vgg_problem(path: str, e: Exception) -> str:
+    """One line naming `path` and why it is not VGG19 weights (`e`, FeatureExtractor's error,
+    may be a many-line torch message): a file torch cannot read as utils.load_checkpoint says
+    it, else the first line that names a key or a shape."""
+    try:
+        utils.load_checkpoint(path)
+    except utils.CheckpointError as ce:
+        return str(ce)
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    detail = next((line for line in lines if re.match(r'(size mismatch|missing|unexpected)',
+                                                       line, re.I)), lines[0])
+    return f'{path}: not VGG19 features weights ({detail})'
 
 
 def wrap(args, rt: Runtime, s: TrainState) -> None:
@@ -903,7 +1066,9 @@ def run(args, rt: Runtime) -> None:
     start, history, best = 1, [], -math.inf
     path, state = load_resume_checkpoint(args, rt) if args.resume is not None else (None, None)
     if state is not None:
+        check_resumed_mode(args, state, path, rt)
         restore(s, state, path)
+        apply_optimiser_flags(args, s, state, rt.log)
         start, history, best = state['epoch'] + 1, state['history'], state['best_psnr']
         rt.log(f'resumed from {path} (epoch {state["epoch"]})')
         if start > args.epochs:
@@ -915,6 +1080,8 @@ def run(args, rt: Runtime) -> None:
     if rt.master:
         os.makedirs(args.out_dir, exist_ok=True)
         remove_stale_temporaries(args.out_dir)
+        if args.overwrite_later and resumed_epoch(args) is not None:
+            set_aside_later(args, start - 1, history, rt.log)
         rt.log(f'{variant(args)} x{args.upscale_factor}: {len(dataset)} training images, '
                f'{iters} iterations/epoch, batch {args.batch_size} x {rt.world_size} process(es), '
                f'device {rt.device}, precision {rt.amp_dtype or torch.float32}')
@@ -953,7 +1120,7 @@ def run(args, rt: Runtime) -> None:
                 save_all(args, s, epoch, history, best, is_best)
                 write_history(args, history)  # after the checkpoint: never an unsaved epoch
             except OSError as e:
-                raise TrainingError(utils.write_failure(e.filename or args.out_dir, e)) from None
+                raise write_error(args, e) from None
             if tb is not None:
                 for k, v in row.items():
                     if k != 'epoch':
@@ -1164,14 +1331,38 @@ def fabric_runtime(args) -> FabricRuntime:
     return FabricRuntime(args, fabric)
 
 
+def stop_on_sigterm(signum, frame):
+    """SIGTERM (kill, a scheduler's preemption) stops training as Ctrl-C does: what is being
+    written is abandoned (atomic_write removes its temporary file), the last checkpoint
+    stays."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """stop_on_sigterm as the SIGTERM handler inside the block (main thread only)."""
+    try:
+        before = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    except ValueError:  # not the main thread: leave the handler alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def worker(local_rank: int, run_fn, args, world_size: int, port: int) -> None:
     """Entry point of a self-spawned DDP process."""
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         run_process(run_fn, args, local_rank, world_size, local_rank)
     except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
         # one line here; the parent then stops the other processes and exits non-zero
         sys.exit(report(e))
+    except OSError as e:
+        sys.exit(report(write_error(args, e)))
     except KeyboardInterrupt:
         sys.exit(utils.EXIT_INTERRUPTED)
 
@@ -1235,14 +1426,27 @@ def report(e: Exception) -> int:
     return utils.EXIT_USAGE if isinstance(e, utils.UsageError) else utils.EXIT_FAILED
 
 
+def write_error(args, e: OSError) -> TrainingError:
+    """A write that failed anywhere in the run (validation samples, history.csv, checkpoints,
+    weights, TensorBoard, moving files aside) as one line: 'no space left writing <file>' for
+    a full disk. What was written before stays: every file is written atomically, the
+    checkpoint of the epoch before included."""
+    return TrainingError(utils.write_failure(e.filename or args.out_dir, e))
+
+
 def main(argv=None) -> int:
     args = get_args(argv)
     try:
-        launch(args, run)
+        with sigterm_as_interrupt():
+            launch(args, run)
     except (TrainingError, utils.UsageError, utils.ImageError, utils.CheckpointError) as e:
         return report(e)
-    except KeyboardInterrupt:
-        print('interrupted; resume with --resume latest', file=sys.stderr)
+    except OSError as e:
+        return report(write_error(args, e))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        if os.path.isdir(args.out_dir):
+            remove_stale_temporaries(args.out_dir)
+        utils.error('interrupted; the last checkpoint is kept, continue with --resume latest')
         return utils.EXIT_INTERRUPTED
     return 0
 

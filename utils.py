@@ -34,6 +34,7 @@ import random
 import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -901,6 +902,21 @@ def read_uint8(path: str) -> torch.Tensor:
     return torch.from_numpy(image_to_uint8(open_image(path))).permute(2, 0, 1)
 
 
+def _regular_files(root: str, paths: list) -> list:
+    """The `paths` that are regular files (or links to one); the others (a FIFO named *.png,
+    a socket, a device), which opening would block on or misread, are left out with one
+    warning saying what they are not."""
+    regular, other = [], []
+    for p in paths:
+        try:
+            (regular if stat.S_ISREG(os.stat(p).st_mode) else other).append(p)
+        except OSError:  # a dangling link: left to the readers' 'file not found'
+            regular.append(p)
+    if other:
+        _warn_left_out(root, other, 'not a regular file')
+    return regular
+
+
 def _warn_left_out(root: str, names: list, why: str) -> None:
     """One warning for all the files of `root` left out for the same reason."""
     shown = ', '.join(os.path.basename(p) for p in names[:3])
@@ -930,7 +946,7 @@ class TrainSet(torch.utils.data.Dataset):
         if crop_size % upscale_factor:
             raise UsageError(f'crop_size {crop_size} is not a multiple of the scale '
                              f'{upscale_factor}')
-        paths = find_images(root, 'training folder')
+        paths = _regular_files(root, find_images(root, 'training folder'))
         self.scale, self.crop_size, self.augment = upscale_factor, crop_size, augment
         self.paths, small, broken = [], [], []
         for p in paths:
@@ -1041,7 +1057,7 @@ class ValidSet(torch.utils.data.Dataset):
     image that cannot be scored)."""
 
     def __init__(self, root: str, upscale_factor: int = 4):
-        self.paths = find_images(root, 'validation folder')
+        self.paths = _regular_files(root, find_images(root, 'validation folder'))
         self.scale = upscale_factor
 
     def __len__(self) -> int:

@@ -98,6 +98,21 @@ def test_a_script_can_change_a_default_with_its_reason():
     assert helps['out_dir'].endswith('(default: None)')
 
 
+def test_train_py_takes_the_shared_flags_from_utils():
+    """train.py defined --upscale_factor, --cuda, --amp and --out_dir itself, with other help
+    (and --upscale_factor with its own list of scales)."""
+    import train
+    ours = {a.dest: a for a in train.build_parser()._actions}
+    defaults = {'upscale_factor': utils.DEFAULT_SCALE,
+                'out_dir': utils.Default(None, 'runs/<mode>_x<scale>')}
+    for name in ('upscale_factor', 'cuda', 'amp', 'out_dir'):
+        shared = {a.dest: a for a in parser_with(name, **{
+            k: v for k, v in defaults.items() if k == name})._actions}[name]
+        mine = ours[name]
+        assert (mine.help, mine.type, mine.choices, mine.default, mine.metavar) == (
+            shared.help, shared.type, shared.choices, shared.default, shared.metavar), name
+
+
 def test_weight_is_path_or_name_equals_path():
     p = parser_with('weight')
     assert p.parse_args(['--weight', 'w/g.pth']).weight == ('g', 'w/g.pth')

@@ -164,10 +164,11 @@ def test_resume_is_exact(runs):
 
 
 def test_resume_from_an_older_epoch_rewrites_history(data, tmp_path):
-    """Going back to epoch 1 of a 3-epoch run leaves history.csv without duplicate epochs."""
+    """Going back to epoch 1 of a 3-epoch run (--overwrite_later: a new branch, the later
+    epochs moved aside) leaves history.csv without duplicate epochs."""
     assert fit(data, tmp_path, '--amp', 'off', '--epochs', '3', '--iters_per_epoch', '1') == 0
     assert fit(data, tmp_path, '--amp', 'off', '--epochs', '2', '--iters_per_epoch', '1',
-               '--resume', '1') == 0
+               '--resume', '1', '--overwrite_later') == 0
     assert [r['epoch'] for r in history(tmp_path)] == ['1', '2']
 
 
