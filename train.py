@@ -46,11 +46,11 @@ import utils
 from model import Discriminator, FeatureExtractor, Generator
 
 HISTORY_FIELDS = ['epoch', 'loss_g', 'loss_pixel', 'loss_content', 'loss_adv', 'loss_d',
-                  'd_real', 'd_fake', 'lr_g', 'lr_d', 'psnr_y', 'ssim_y', 'niqe', 'seconds',
+                  'd_real', 'd_fake', 'lr_g', 'lr_d', 'psnr_y', 'ssim_y', 'niqe', 'grid', 'seconds',
                   'images_per_s']
 # history.csv columns written with every digit (repr), so that they equal evaluate.py's
 # scores of the same weights; the others with 6 significant digits
-EXACT_FIELDS = ('psnr_y', 'ssim_y', 'niqe')
+EXACT_FIELDS = ('psnr_y', 'ssim_y', 'niqe', 'grid')
 
 
 # =============================================================================================
@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'adversarial epoch)')
     p.add_argument('--best_margin', type=utils.number(float, 0), default=0.5,
                    help='dB of PSNR-Y that --best_metric niqe may give up for naturalness')
+    p.add_argument('--grid_limit', type=utils.number(float, 0), default=utils.GRID_LIMIT,
+                   help='adversarial validation: best.pth never keeps an epoch whose grid score '
+                        '(utils.grid_score, the dot-grid check, mean over the validation '
+                        'images, grey levels) exceeds this; 0: no limit')
     utils.add_flags(p, 'amp')
     p.add_argument('--ema', type=utils.number(float, 0, 1, high_open=True), default=0.0,
                    help='generator EMA decay (e.g. 0.999); 0 = off')
@@ -345,15 +349,16 @@ def train_step(recipe: Recipe, rt: Runtime, s: TrainState, lr_img: torch.Tensor,
 @torch.inference_mode()
 def validate(generator: nn.Module, dataset, scale: int, device: torch.device, out: str,
              niqe: bool = False, num_samples: int = 3, tb=None, epoch: int = 0,
-             log=print) -> dict:
-    """Mean PSNR-Y / SSIM-Y (and NIQE) of `generator` over `dataset` (a utils.ValidSet),
+             log=print, grid: bool = False) -> dict:
+    """Mean PSNR-Y / SSIM-Y (and NIQE, and the grid score) of `generator` over `dataset` (a
+    utils.ValidSet),
     equal to evaluate.py's for the same weights: BatchNorm folded, whole images, float32 (no
     TF32 in cuDNN either). Saves the first `num_samples` SR/bicubic/HR images into `out` (and
     logs the SR ones to TensorBoard when `tb` is a SummaryWriter)."""
     model = utils.inference_model(generator, device)
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
-    psnrs, ssims, niqes = [], [], []
+    psnrs, ssims, niqes, grids = [], [], [], []
     try:
         for i in range(len(dataset)):
             try:
@@ -366,6 +371,8 @@ def validate(generator: nn.Module, dataset, scale: int, device: torch.device, ou
             ssims.append(utils.ssim(sr, hr_img, scale))
             if niqe:
                 niqes.append(validation_niqe(sr, scale))
+            if grid:
+                grids.append(utils.grid_score(sr, scale))
             if i < num_samples:
                 stem = os.path.splitext(name)[0]
                 sr = sr.clamp(0, 1)
@@ -384,6 +391,8 @@ def validate(generator: nn.Module, dataset, scale: int, device: torch.device, ou
     if niqes:
         finite = [n for n in niqes if math.isfinite(n)]
         scores['niqe'] = sum(finite) / len(finite) if finite else math.nan
+    if grids:
+        scores['grid'] = sum(grids) / len(grids)
     return scores
 
 
@@ -396,19 +405,23 @@ def validation_niqe(sr: torch.Tensor, scale: int) -> float:
         return math.nan
 
 
-def best_epoch(history: list, metric: str, margin: float):
+def best_epoch(history: list, metric: str, margin: float, grid_limit: float = 0):
     """The epoch best.pth holds after the validated rows of `history`, decided row by row as
     training goes (best.pth is only ever written from the epoch just validated).
 
     psnr: the highest PSNR-Y. niqe: a validated epoch replaces the best when its PSNR-Y is
     within `margin` dB of the highest so far and its NIQE is lower, or when the best has
     fallen more than `margin` behind (the new epoch, which raised the highest, then takes
-    over). Without NIQE scores (nan: images too small) it is the highest PSNR-Y."""
+    over). Without NIQE scores (nan: images too small) it is the highest PSNR-Y. With a
+    `grid_limit` (> 0), an epoch whose grid score exceeds it never counts: a gridded epoch is
+    never best, and None when every epoch is."""
     def niqe(row: dict) -> float:
         return row['niqe'] if math.isfinite(row.get('niqe', math.nan)) else math.inf
 
     best, top = None, -math.inf
     for row in (r for r in history if 'psnr_y' in r):
+        if grid_limit and row.get('grid', 0) > grid_limit:
+            continue
         top = max(top, row['psnr_y'])
         if best is None or (metric == 'psnr' and row['psnr_y'] > best['psnr_y']):
             best = row
@@ -1111,10 +1124,14 @@ def run(args, rt: Runtime) -> None:
                     args.upscale_factor, rt.device,
                     os.path.join(args.out_dir, 'output', str(epoch)),
                     niqe=args.mode == 'adversarial' or args.best_metric == 'niqe', tb=tb,
-                    epoch=epoch, log=rt.log))
+                    epoch=epoch, log=rt.log, grid=args.mode == 'adversarial'))
                 best = max(best, row.get('psnr_y', -math.inf))
-                is_best = best_epoch(history + [row], args.best_metric,
-                                     args.best_margin) == epoch
+                is_best = best_epoch(history + [row], args.best_metric, args.best_margin,
+                                     args.grid_limit) == epoch
+                if args.grid_limit and row.get('grid', 0) > args.grid_limit:
+                    rt.log(f'warning: epoch {epoch} draws a dot grid (grid score '
+                           f'{row["grid"]:.2f} > --grid_limit {args.grid_limit:g}); not kept '
+                           'as best.pth')
             history.append(row)
             try:
                 save_all(args, s, epoch, history, best, is_best)

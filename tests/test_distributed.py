@@ -57,6 +57,7 @@ def train_args(data, out, mode='adversarial', epochs=2, *extra) -> list:
             '--out_dir', str(out), '--mode', mode, '--epochs', str(epochs), '--num_blocks', '1',
             '--crop_size', '32', '--batch_size', '2', '--iters_per_epoch', '2', '--workers', '0',
             '--amp', 'off', '--content_weight', '0', '--lr_step', '2', '--dist_timeout', '30',
+            '--grid_limit', '0',  # a 2-iteration generator draws a dot grid; best.pth is checked
             *extra]
 
 

@@ -96,3 +96,100 @@ def test_set14_hr_and_bicubic_give_the_issues_figures():
     assert len(hr_scores) == 14
     assert np.mean(hr_scores) == pytest.approx(1.21, abs=0.006)
     assert np.mean(bicubic_scores) == pytest.approx(0.70, abs=0.006)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate.py --metrics grid, and train.py's adversarial validation (history.csv, best.pth)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+    """Two 96x128 crops of natural photos (one folder of HR images)."""
+    from skimage import data
+    from PIL import Image
+    root = tmp_path_factory.mktemp('grid') / 'Tiny'
+    root.mkdir()
+    Image.fromarray(data.astronaut()[100:196, 180:308]).save(root / 'a.png')
+    Image.fromarray(data.coffee()[150:246, 200:328]).save(root / 'b.png')
+    return root
+
+
+def test_evaluate_grid_column_is_the_mean_grid_score_with_an_hr_row(photos, tmp_path, capsys):
+    import json
+    import evaluate
+    json_path, csv_path = tmp_path / 'r.json', tmp_path / 'r.csv'
+    assert evaluate.main(['--data', str(photos), '--metrics', 'psnr,grid', '--json',
+                          str(json_path), '--csv', str(csv_path)]) == 0
+    assert '| dataset | method | images | PSNR-Y | PSNR-YCbCr | Grid |' in capsys.readouterr().out
+    summary = {s['method']: s for s in json.loads(json_path.read_text())}
+    assert list(summary) == ['Bicubic', 'HR']
+    assert summary['HR']['psnr_y'] is None  # the HR row: no-reference columns only
+    bicubic, hr = [], []
+    for path in sorted(photos.iterdir()):
+        h, lr = utils.load_hr_lr(str(path), 4)
+        hr.append(utils.grid_score(h, 4))
+        bicubic.append(utils.grid_score(utils.imresize(lr, 4), 4))
+    assert summary['Bicubic']['grid'] == pytest.approx(np.mean(bicubic), abs=1e-12)
+    assert summary['HR']['grid'] == pytest.approx(np.mean(hr), abs=1e-12)
+    assert csv_path.read_text().splitlines()[0] == 'dataset,method,image,psnr_y,psnr_ycbcr,grid'
+
+
+def test_evaluate_help_calls_grid_a_lattice_artifact_check_not_a_quality_measure(capsys):
+    import evaluate
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(['-h'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'grid' in text and 'lattice-artifact check' in text and 'not a quality measure' in text
+
+
+def grid_rows(*psnr_niqe_grid) -> list:
+    return [{'epoch': i + 1, 'psnr_y': p, 'niqe': n, 'grid': g}
+            for i, (p, n, g) in enumerate(psnr_niqe_grid)]
+
+
+def test_best_epoch_never_picks_a_gridded_epoch():
+    h = grid_rows((26.0, 6.0, 1.0), (25.9, 4.0, 3.8), (25.8, 5.0, 1.4), (26.5, 5.5, 2.0))
+    import train
+    assert [train.best_epoch(h[:n], 'niqe', 0.5, 1.5) for n in range(1, 5)] \
+        == [1, 1, 3, 3]
+    assert train.best_epoch(h, 'psnr', 0.5, 1.5) == 1
+    assert train.best_epoch(h, 'psnr', 0.5, 0) == 4   # 0: no limit, as before
+    assert train.best_epoch(h[:2], 'niqe', 0.5) == 2  # without a limit the gridded one wins
+    assert train.best_epoch(h[1:2], 'niqe', 0.5, 1.5) is None  # every epoch gridded: none
+    assert train.get_args([]).grid_limit == utils.GRID_LIMIT == 1.5
+
+
+def test_adversarial_run_logs_grid_and_keeps_no_gridded_best(tmp_path, capsys):
+    """A tiny SRGAN-MSE run: history.csv's grid is the validation images' mean grid score of
+    the epoch's generator; a --grid_limit below it leaves no best.pth and says why."""
+    import csv
+    import warnings
+    from PIL import Image
+    import train
+    from conftest import natural
+    (tmp_path / 'train').mkdir()
+    (tmp_path / 'valid').mkdir()
+    for i in range(2):
+        Image.fromarray(natural(64, 64, 100 + 40 * i)).save(tmp_path / 'train' / f'{i}.png')
+    Image.fromarray(natural(48, 48, 300)).save(tmp_path / 'valid' / 'v.png')
+    base = ['--mode', 'adversarial', '--content_weight', '0', '--num_blocks', '1',
+            '--crop_size', '32', '--batch_size', '2', '--iters_per_epoch', '1', '--workers', '0',
+            '--amp', 'off', '--epochs', '1', '--trainset_dir', str(tmp_path / 'train'),
+            '--validset_dir', str(tmp_path / 'valid')]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        assert train.main(base + ['--out_dir', str(tmp_path / 'a'), '--grid_limit', '0']) == 0
+        with open(tmp_path / 'a' / 'history.csv', newline='') as f:
+            row, = csv.DictReader(f)
+        g = utils.load_generator(str(tmp_path / 'a' / 'weights' / 'best.pth'))
+        hr, _ = utils.load_image(str(tmp_path / 'valid' / 'v.png'))
+        with torch.no_grad():
+            sr = g(utils.downscale(hr, 4)[None])[0]
+        assert float(row['grid']) == pytest.approx(utils.grid_score(sr, 4), abs=1e-6)
+        limit = float(row['grid']) / 2
+        capsys.readouterr()
+        assert train.main(base + ['--out_dir', str(tmp_path / 'b'), '--grid_limit',
+                                  str(limit)]) == 0
+    assert not (tmp_path / 'b' / 'weights' / 'best.pth').exists()
+    assert (tmp_path / 'b' / 'weights' / 'G_epoch_1.pth').exists()
+    assert 'draws a dot grid' in capsys.readouterr().out
