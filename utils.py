@@ -1344,6 +1344,12 @@ class CheckpointPathError(CheckpointError):
     exit_status = EXIT_USAGE
 
 
+class WeightsRefused(CheckpointError):
+    """A weights file that loads but cannot be used as given: settings of the wrong type or
+    range, tensors that are not finite floats. The command cannot run with it (exit 2)."""
+    exit_status = EXIT_USAGE
+
+
 def save_checkpoint(state: dict, path: str) -> None:
     """torch.save to a temporary file, then os.replace: a kill never leaves a broken file.
     A failed write raises OSError naming `path` (ENOSPC when the disk is full)."""
@@ -1463,6 +1469,60 @@ def _infer_config(sd: dict) -> dict:
     return cfg
 
 
+# The generator settings a weights file may record: each an int (not a bool) in this range.
+# The ranges only stop nonsense (a list, 1e12 channels) before a network is built; the
+# state_dict's own shapes must agree with them too.
+SETTING_RANGES = {'upscale_factor': (2, 8), 'num_blocks': (1, 1024), 'channels': (1, 4096)}
+
+
+def check_settings(path: str, cfg: dict, inferred: dict) -> dict:
+    """The generator settings (upscale_factor, num_blocks, channels) of a weights file: those
+    it records, checked for type and range and against its state_dict, else those read off the
+    state_dict. WeightsRefused (one line naming the file and the setting) otherwise."""
+    settings = {}
+    for key, (low, high) in SETTING_RANGES.items():
+        if key not in cfg:
+            settings[key] = inferred[key]
+            continue
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise WeightsRefused(f'{path}: records {key} = {short_repr(value)}, which is not an '
+                                 f'integer in [{low}, {high}]')
+        if key == 'upscale_factor' and value not in DEFAULT_WEIGHTS:
+            raise WeightsRefused(f'{path}: records upscale_factor = {value}; the generator '
+                                 f'supports {", ".join(map(str, sorted(DEFAULT_WEIGHTS)))}')
+        if key != 'upscale_factor' and value != inferred[key]:
+            keys = (f'{"missing" if value > inferred[key] else "unexpected"} '
+                    f'body.{min(value, inferred[key])}.*' if key == 'num_blocks'
+                    else 'head.0.weight')
+            raise WeightsRefused(f'{path}: records {key} = {value}, but its state_dict has '
+                                 f'{inferred[key]} ({keys}); the settings and the tensors '
+                                 'disagree')
+        settings[key] = value
+    return settings
+
+
+def check_tensors(path: str, sd: dict) -> None:
+    """WeightsRefused unless every tensor of a generator state_dict is finite floating point
+    (BatchNorm's integer batch counters aside): NaN or integer weights give a black picture."""
+    for key, t in sd.items():
+        if key.endswith('num_batches_tracked'):
+            continue
+        if not t.is_floating_point():
+            raise WeightsRefused(f'{path}: tensor {key} is {str(t.dtype).removeprefix("torch.")}'
+                                 ', not floating point; not usable generator weights')
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsRefused(f'{path}: tensor {key} is not finite ({bad} NaN or infinite '
+                                 'values); the weights are broken (a diverged training run?)')
+
+
+def short_repr(value, limit: int = 40) -> str:
+    """repr(value) cut to `limit` characters, for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
 def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     """Build the Generator a weights file describes and load it (float32, eval mode).
 
@@ -1474,13 +1534,14 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     if inferred['num_blocks'] == 0 or 'channels' not in inferred:
         raise CheckpointError(f'{path}: not an SRResNet/SRGAN generator for this model '
                               f'(keys like {sorted(sd)[:3]})')
-    file_scale = int(cfg.get('upscale_factor', inferred['upscale_factor']))
+    settings = check_settings(path, cfg, inferred)
+    check_tensors(path, sd)
+    file_scale = settings['upscale_factor']
     if upscale_factor is not None and int(upscale_factor) != file_scale:
         raise CheckpointError(f'{path}: holds an x{file_scale} generator, but '
                               f'--upscale_factor {upscale_factor} was asked for')
     try:
-        g = Generator(file_scale, int(cfg.get('num_blocks', inferred['num_blocks'])),
-                      int(cfg.get('channels', inferred['channels'])))
+        g = Generator(file_scale, settings['num_blocks'], settings['channels'])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f'{path}: records unusable generator settings ({e})') from None
     mismatch = state_dict_mismatch(g, sd)
@@ -1742,17 +1803,64 @@ def frames_per_pass(h: int, w: int, scale: int, device: torch.device, dtype=None
     return max(1, min(MAX_BATCH, largest * largest // area))
 
 
+class InferenceError(ImageError):
+    """The generator gave no usable output for an image: out of memory even with a smaller
+    tile, or an output that is not finite. An ImageError, so a folder run goes on with the
+    next image; str() names the image when the caller said which (super_resolve's name)."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError of the CPU allocator that could not
+    allocate (DefaultCPUAllocator: not enough memory ...)."""
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ('out of memory' in text.lower()
+                                         or 'DefaultCPUAllocator' in text))
+
+
+def forward_with_retry(model, x: torch.Tensor, scale: int, tile: int, overlap: int, dtype,
+                       step: Callable = None, where: str = '') -> tuple:
+    """(tiled_forward's output, the tile it used). Out of memory (CUDA or CPU) is retried once
+    with half the tile (half the longer side for a whole image) where that still exceeds twice
+    the overlap, with a one-line note; otherwise InferenceError naming `where` and --tile."""
+    device = x.device
+    for attempt in (0, 1):
+        try:
+            with torch.inference_mode(), torch.autocast(device.type,
+                                                        dtype=dtype or torch.bfloat16,
+                                                        enabled=dtype is not None):
+                return tiled_forward(model, x, scale, tile, overlap, step), tile
+        except (RuntimeError, MemoryError) as e:
+            if not (isinstance(e, MemoryError) or is_out_of_memory(e)):
+                raise
+        # outside the except block, so the failed attempt's tensors are freed first
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+        tried = f'tile {tile}' if tile and tile < max(x.shape[-2:]) else 'the whole image'
+        smaller = (tile if tried != 'the whole image' else max(x.shape[-2:])) // 2
+        if attempt or smaller <= 2 * overlap:
+            raise InferenceError(f'{where}out of memory on the {device.type.upper()} with '
+                                 f'{tried}; try a smaller --tile (above twice --tile_overlap, '
+                                 f'{2 * overlap}) or a smaller image')
+        print(f'note: {where}out of memory with {tried}; retrying with --tile {smaller}',
+              file=sys.stderr, flush=True)
+        tile = smaller
+
+
 def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int = None,
                   overlap: int = TILE_OVERLAP, dtype=None,
-                  progress: Callable = None) -> torch.Tensor:
+                  progress: Callable = None, name: str = None) -> torch.Tensor:
     """The one path from a loaded generator (inference_model) to its output: (3, h, w) or
     (N, 3, h, w) LR in [0, 1] -> (3 or N, 3, h*scale, w*scale) float32 on the CPU, unclamped.
 
     tile: None = automatic (plan_tile), 0 = whole image, N = tiles of N LR pixels overlapping
     by `overlap`; dtype: the autocast dtype (autocast_dtype), None for float32; N frames run
     frames_per_pass at a time; inputs under MIN_INPUT_SIDE are mirrored out to it first.
-    progress(done, total) is called after each forward pass."""
+    progress(done, total) is called after each forward pass. Out of memory is retried once
+    with a smaller tile (forward_with_retry); InferenceError, naming `name` (the image) when
+    given, when that fails too or when the output is not finite (NaN or infinity)."""
     device = next(model.parameters()).device
+    where = f'{name}: ' if name else ''
     single = lr.dim() == 3
     h, w = lr.shape[-2:]
     lr, (top, left) = mirror_pad(lr[None] if single else lr, MIN_INPUT_SIDE)
@@ -1766,9 +1874,12 @@ def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: in
         x = chunk.to(device).contiguous(memory_format=torch.channels_last)
         step = None if progress is None else (
             lambda done, _, i=i: progress(i * per_chunk + done, len(chunks) * per_chunk))
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
-                                                    enabled=dtype is not None):
-            sr = tiled_forward(model, x, scale, tile, overlap, step)
+        sr, tile = forward_with_retry(model, x, scale, tile, overlap, dtype, step, where)
+        if not torch.isfinite(sr).all():
+            hint = ('; try --amp off' if dtype == torch.float16 else
+                    '; the weights are likely broken')
+            raise InferenceError(f'{where}the generator output is not finite (NaN or '
+                                 f'infinity){hint}')
         outputs.append(sr[..., top * scale:(top + h) * scale,
                           left * scale:(left + w) * scale].float().cpu())
     sr = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
@@ -2003,7 +2114,7 @@ def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions) -> dict
     tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
 
     start = time.perf_counter()
-    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype)
+    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype, name=path)
     seconds = time.perf_counter() - start
     bicubic = imresize(lr, s)
     if gray:  # the network tints grey input slightly; bicubic keeps it grey by itself

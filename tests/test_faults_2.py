@@ -1,0 +1,143 @@
+"""Faults and bad input, second trial (issue 24): nothing lost, nothing wrong, nothing hung.
+
+Each test reproduces one defect the trial found, with tiny networks (one residual block, 8
+channels) and 32 px images; the item number of issue 24 is in the test's docstring.
+docs/reliability.md lists the promises these tests hold."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluate
+import get_img_crop
+import test_image
+import train
+import utils
+from conftest import ROOT, natural, one_error, run_main
+from model import Generator
+
+sys.path.insert(0, str(ROOT / 'scripts'))
+import export_onnx  # noqa: E402
+import transfer_scale  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def tiny(scale: int = 4, seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    return Generator(scale, num_blocks=1, channels=8)
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp('weights') / 'tiny_x4.pth'
+    utils.save_weights(tiny(), str(path))
+    return path
+
+
+@pytest.fixture(scope='module')
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp('photo') / 'a.png'
+    Image.fromarray(natural(32, 32)).save(path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def hr_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp('hr') / 'Set5'
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(natural(32, 32, top=100 + 20 * i)).save(folder / f'{i}.png')
+    return folder
+
+
+def edited(weights: Path, tmp_path: Path, change) -> Path:
+    """A copy of the weights file with change(state) applied."""
+    state = torch.load(weights, map_location='cpu', weights_only=True)
+    change(state)
+    path = tmp_path / 'edited.pth'
+    torch.save(state, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. weights that are not finite floats; an output that is not finite
+# ---------------------------------------------------------------------------------------------
+
+def poison_nan(state):
+    state['generator']['tail.bias'][0] = float('nan')
+
+
+def poison_int(state):
+    state['generator']['tail.weight'] = state['generator']['tail.weight'].to(torch.int32)
+
+
+@pytest.mark.parametrize('poison, says', [(poison_nan, 'not finite'),
+                                          (poison_int, 'int32')])
+def test_non_finite_or_integer_weights_are_refused(weights, photo, tmp_path, capsys, poison,
+                                                   says):
+    """5: NaN or integer-typed weights gave a black picture and exit 0."""
+    path = edited(weights, tmp_path, poison)
+    rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', path, '--out_dir',
+                                            tmp_path / 'out'], capsys)
+    line = one_error(err)
+    assert rc == 2 and str(path) in line and 'tail.' in line and says in line, err
+    assert not (tmp_path / 'out' / 'a').exists()
+
+
+def test_non_finite_output_is_an_error(photo, tmp_path, capsys, monkeypatch):
+    """5: a network whose output is NaN (finite weights that overflow) is an error per image."""
+    g = tiny()
+    with torch.no_grad():
+        g.tail.weight.fill_(3e38)
+    path = tmp_path / 'overflow.pth'
+    utils.save_weights(g, str(path))
+    rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', path, '--out_dir',
+                                            tmp_path / 'out', '--amp', 'off'], capsys)
+    line = one_error(err)
+    assert rc == 1 and str(photo) in line and 'not finite' in line, err
+    assert not list((tmp_path / 'out').rglob('sr_*'))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. weights-file settings of the wrong type or range, checked before a network is built
+# ---------------------------------------------------------------------------------------------
+
+BAD_SETTINGS = [('upscale_factor', [4]), ('channels', 1e12), ('channels', 10 ** 12),
+                ('num_blocks', -1), ('upscale_factor', True)]
+
+
+@pytest.mark.parametrize('key, value', BAD_SETTINGS)
+def test_bad_settings_are_refused_by_the_loader(weights, tmp_path, key, value, monkeypatch):
+    """6: a list or 1e12 in the settings crashed with a TypeError or an allocator error."""
+    path = edited(weights, tmp_path, lambda s: s.__setitem__(key, value))
+    monkeypatch.setattr(utils, 'Generator', lambda *a, **k: pytest.fail('network built'))
+    with pytest.raises(utils.CheckpointError) as e:
+        utils.load_generator(str(path))
+    assert e.value.exit_status == 2 and str(path) in str(e.value) and key in str(e.value)
+
+
+@pytest.mark.parametrize('script', ['test_image', 'evaluate', 'train', 'export_onnx',
+                                    'transfer_scale'])
+def test_bad_settings_are_one_line_in_every_script(weights, photo, hr_dir, tmp_path, capsys,
+                                                   script):
+    """6: every script that loads a weights file says it in one line, exit 2."""
+    path = edited(weights, tmp_path, lambda s: s.__setitem__('upscale_factor', [4]))
+    out = tmp_path / 'out'
+    main, argv = {
+        'test_image': (test_image.main, ['--image', photo, '--weight', path, '--out_dir', out]),
+        'evaluate': (evaluate.main, ['--data', hr_dir, '--weight', path]),
+        'train': (train.main, ['--trainset_dir', hr_dir, '--pretrain', path, '--out_dir', out,
+                               '--num_blocks', '1', '--epochs', '1', '--workers', '0',
+                               '--crop_size', '16']),
+        'export_onnx': (export_onnx.main, ['--weight', path, '--output', out / 'g.onnx']),
+        'transfer_scale': (transfer_scale.main, ['--weight', path, '--upscale_factor', '2',
+                                                 '--output', out / 'g.pth']),
+    }[script]
+    rc, _, err = run_main(main, argv, capsys)
+    line = one_error(err)
+    assert rc == 2 and str(path) in line and 'upscale_factor' in line, err
