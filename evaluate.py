@@ -270,6 +270,10 @@ def main(argv=None) -> int:
             problems.append(e)
     if problems:
         return utils.fail(*problems)
+    utils.check_outputs([('--json', args.json), ('--csv', args.csv)],
+                        [('--data', p) for _, paths in folders for p in paths]
+                        + [('--weight', w.path) for w in args.weight]
+                        + [('--weight_psnr', args.weight_psnr)])
     scale, methods = load_methods(args, device, amp_dtype)
     lpips_metric = None
     if 'lpips' in args.metrics:

@@ -142,6 +142,36 @@ def check_output_dir(path: str, flag: str = '--out_dir') -> str:
     return path
 
 
+def _file_key(path: str) -> tuple:
+    """What identifies the file at `path`: its device and inode when it exists (so hard
+    links and symbolic links compare equal), else its resolved path."""
+    try:
+        st = os.stat(path)
+        return 'inode', st.st_dev, st.st_ino
+    except OSError:
+        return 'path', os.path.realpath(path)
+
+
+def check_outputs(outputs: list, inputs: list = ()) -> None:
+    """UsageError (one line, exit 2) when an output path is one of the inputs or another
+    output, compared after resolving links, so a command never overwrites what it reads or
+    one of its own outputs with another. outputs and inputs: (what, path) pairs, `what` the
+    flag or a description that the message shows; a None path is left out. Call it before
+    any work."""
+    seen = {}
+    for what, path in inputs:
+        if path is not None:
+            seen.setdefault(_file_key(path), f'{what} {path}')
+    for what, path in outputs:
+        if path is None:
+            continue
+        key = _file_key(path)
+        if key in seen:
+            raise UsageError(f'{what} {path}: is also {seen[key]}; refusing to overwrite it '
+                             '(choose another output)')
+        seen[key] = f'{what} {path}'
+
+
 # Optional packages: requirements-dev.txt installs them, requirements.txt (the main job) does
 # not. Module name -> the requirement line (tests/test_requirements.py checks they agree).
 OPTIONAL_PACKAGES = {

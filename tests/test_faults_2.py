@@ -141,3 +141,60 @@ def test_bad_settings_are_one_line_in_every_script(weights, photo, hr_dir, tmp_p
     rc, _, err = run_main(main, argv, capsys)
     line = one_error(err)
     assert rc == 2 and str(path) in line and 'upscale_factor' in line, err
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. outputs never overwrite inputs
+# ---------------------------------------------------------------------------------------------
+
+def test_get_img_crop_refuses_to_overwrite_an_input(tmp_path, capsys):
+    """2: --image d/a.png d/annotated_a.png replaced the second input."""
+    a, b = tmp_path / 'a.png', tmp_path / 'annotated_a.png'
+    Image.fromarray(natural(32, 32)).save(a)
+    Image.fromarray(natural(32, 32, top=150)).save(b)
+    before = b.read_bytes()
+    rc, _, err = run_main(get_img_crop.main, ['--image', a, b, '--box', '0,0,8,8'], capsys)
+    line = one_error(err)
+    assert rc == 2 and str(b) in line, err
+    assert b.read_bytes() == before and not (tmp_path / '0_crop_a.png').exists()
+
+
+def test_get_img_crop_with_coords_refuses_too(tmp_path, capsys):
+    """2: the same with the boxes from a coords file, through a symbolic link."""
+    a = tmp_path / 'a.png'
+    Image.fromarray(natural(32, 32)).save(a)
+    assert run_main(get_img_crop.main, ['--image', a, '--box', '0,0,8,8'], capsys)[0] == 0
+    link = tmp_path / 'link.png'
+    link.symlink_to(tmp_path / '0_crop_a.png')
+    before = link.read_bytes()
+    rc, _, err = run_main(get_img_crop.main, ['--image', a, link, '--coords',
+                                              tmp_path / 'a_coords.json',
+                                              '--out_dir', tmp_path], capsys)
+    assert rc == 2 and 'link.png' in one_error(err)
+    assert link.read_bytes() == before
+
+
+@pytest.mark.parametrize('which', ['json_is_input', 'csv_is_input', 'json_is_csv'])
+def test_evaluate_outputs_are_not_inputs(hr_dir, tmp_path, capsys, which, monkeypatch):
+    """2: --json or --csv could name an input image, or both one file."""
+    image = hr_dir / '0.png'
+    before = image.read_bytes()
+    out = tmp_path / 'x.json'
+    flags = {'json_is_input': ['--json', image], 'csv_is_input': ['--csv', image],
+             'json_is_csv': ['--json', out, '--csv', out]}[which]
+    monkeypatch.setattr(utils, 'load_generator', lambda *a, **k: pytest.fail('model loaded'))
+    rc, _, err = run_main(evaluate.main, ['--data', hr_dir, '--metrics', 'psnr', *flags],
+                          capsys)
+    line = one_error(err)
+    assert rc == 2 and 'refusing to overwrite' in line, err
+    assert image.read_bytes() == before and not out.exists()
+
+
+def test_transfer_scale_output_is_not_its_weight(weights, tmp_path, capsys):
+    """2: --output could be its own --weight."""
+    copy = tmp_path / 'w.pth'
+    copy.write_bytes(weights.read_bytes())
+    rc, _, err = run_main(transfer_scale.main, ['--weight', copy, '--upscale_factor', '2',
+                                                '--output', copy], capsys)
+    assert rc == 2 and '--output' in one_error(err)
+    assert copy.read_bytes() == weights.read_bytes()
