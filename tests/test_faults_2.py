@@ -198,3 +198,70 @@ def test_transfer_scale_output_is_not_its_weight(weights, tmp_path, capsys):
                                                 '--output', copy], capsys)
     assert rc == 2 and '--output' in one_error(err)
     assert copy.read_bytes() == weights.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. evaluate.py: one row per distinct folder
+# ---------------------------------------------------------------------------------------------
+
+def test_evaluate_keeps_same_named_folders_apart_and_counts_a_folder_once(hr_dir, tmp_path,
+                                                                          capsys):
+    """3: --data a/Set5 b/Set5 gave one 'Set5' row over both; --data X X/ counted twice."""
+    other = tmp_path / 'b' / 'Set5'
+    other.mkdir(parents=True)
+    Image.fromarray(natural(32, 32, top=300)).save(other / 'x.png')
+    rc, out, err = run_main(evaluate.main, ['--data', hr_dir, f'{hr_dir}/', other,
+                                            '--metrics', 'psnr', '--json', tmp_path / 't.json'],
+                            capsys)
+    assert rc == 0, err
+    rows = {r['dataset']: r['images'] for r in
+            __import__('json').loads((tmp_path / 't.json').read_text())}
+    assert rows == {f'{hr_dir.parent.name}/Set5': 2, 'b/Set5': 1}, rows
+    assert 'counted once' in err and str(hr_dir) in err
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. out of CPU memory: retried with a smaller tile, else one line per image
+# ---------------------------------------------------------------------------------------------
+
+CPU_OOM = ('[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough memory: '
+           'you tried to allocate 8589934592 bytes.')
+
+
+def test_cpu_out_of_memory_retries_with_half_the_tile(weights, tmp_path, capsys, monkeypatch):
+    """8: out of CPU memory was a RuntimeError traceback; now the tile is halved once."""
+    path = tmp_path / 'big.png'
+    Image.fromarray(natural(128, 128)).save(path)
+    real, tiles = utils.tiled_forward, []
+
+    def forward(model, lr, scale, tile=0, *a, **k):
+        tiles.append(tile)
+        if tile == 0:
+            raise RuntimeError(CPU_OOM)
+        return real(model, lr, scale, tile, *a, **k)
+    monkeypatch.setattr(utils, 'tiled_forward', forward)
+    rc, _, err = run_main(test_image.main, ['--image', path, '--weight', weights, '--tile', '0',
+                                            '--out_dir', tmp_path / 'out'], capsys)
+    assert rc == 0 and tiles[:2] == [0, 64], (tiles, err)
+    assert 'retrying with --tile 64' in err and 'Traceback' not in err
+    assert (tmp_path / 'out' / 'big' / 'sr_big.png').exists()
+
+
+def test_cpu_out_of_memory_in_evaluate_keeps_the_table(weights, hr_dir, tmp_path, capsys,
+                                                       monkeypatch):
+    """8: in evaluate.py it lost the whole table; now the image is named, the rest scored."""
+    real, calls = utils.tiled_forward, []
+
+    def forward(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(CPU_OOM)
+        return real(*a, **k)
+    monkeypatch.setattr(utils, 'tiled_forward', forward)
+    rc, out, err = run_main(evaluate.main, ['--data', hr_dir, '--weight', f'G={weights}',
+                                            '--metrics', 'psnr'], capsys)
+    assert rc == 1 and 'Traceback' not in err, err
+    errors = [line for line in err.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and '0.png' in errors[0] and '--tile' in errors[0], err
+    assert '1 of 2 image(s) not scored' in err
+    assert '| Set5 | G | 1 |' in out, out
