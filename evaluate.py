@@ -24,9 +24,14 @@ import argparse
 import csv
 import json
 import os
+import signal
 import statistics
 import sys
 from typing import Optional
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import torch
 from tqdm import tqdm

@@ -24,7 +24,12 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 from PIL import Image, ImageColor
 

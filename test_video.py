@@ -22,10 +22,15 @@ interrupted run never leaves a half-written file under the final name.
 """
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import numpy as np
 import torch

@@ -33,14 +33,20 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import numpy as np
 import torch
@@ -102,15 +108,29 @@ def fail(*problems: Exception) -> int:
     return max(exit_status(e) for e in problems)
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does: temporary files removed
+
+
 def run_main(main: Callable, argv=None) -> int:
     """main(argv)'s exit status, with the contract applied: an SRError it raises becomes its
-    one line on stderr and its exit_status, Ctrl-C the line 'error: interrupted' and 130."""
+    one line on stderr and its exit_status, Ctrl-C (and SIGTERM) the line 'error: interrupted'
+    and 130, after the code it interrupted has removed its temporary files."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in ((signal.SIGINT, signal.default_int_handler),
+                                (signal.SIGTERM, _terminated)):
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job keeps it
+                handlers[signum] = signal.signal(signum, handler)
     try:
         return main(argv) or 0
     except SRError as e:
         return fail(e)
     except KeyboardInterrupt:
         return fail(Interrupted('interrupted'))
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def script(main: Callable) -> Callable:
@@ -1297,7 +1317,9 @@ def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, ste
                    else os.cpu_count() or 1)
     workers = max(1, min(workers, len(tasks)))
     bar = tqdm(total=len(tasks), unit='img', disable=not progress, desc='sub-images')
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    # the workers leave Ctrl-C to this process, which stops them (no traceback from each)
+    pool = multiprocessing.Pool(workers, initializer=signal.signal,
+                                initargs=(signal.SIGINT, signal.SIG_IGN)) if workers > 1 else None
     try:
         results = pool.imap_unordered(_extract_task, tasks) if pool else map(_extract_task, tasks)
         for r in results:
@@ -1311,6 +1333,10 @@ def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, ste
                 totals['images'] += 1
             totals['written'] += r['written']
             totals['skipped'] += r['skipped']
+    except BaseException:
+        if pool:
+            pool.terminate()  # each sub-image is written atomically: none is left half-written
+        raise
     finally:
         if pool:
             pool.close()
@@ -2294,4 +2320,4 @@ def comparison(patches: list, labels: list) -> Image.Image:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -4,7 +4,10 @@ Each test reproduces one defect the trial found, with tiny networks (one residua
 channels) and 32 px images; the item number of issue 24 is in the test's docstring.
 docs/reliability.md lists the promises these tests hold."""
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +268,82 @@ def test_cpu_out_of_memory_in_evaluate_keeps_the_table(weights, hr_dir, tmp_path
     assert len(errors) == 1 and '0.png' in errors[0] and '--tile' in errors[0], err
     assert '1 of 2 image(s) not scored' in err
     assert '| Set5 | G | 1 |' in out, out
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Ctrl-C and SIGTERM: 'error: interrupted', exit 130, nothing partial under a final name
+# ---------------------------------------------------------------------------------------------
+
+def interrupt(argv: list, delay: float, sig=signal.SIGINT) -> subprocess.CompletedProcess:
+    """Run `argv` under Python, send `sig` after `delay` seconds; its exit code and output."""
+    p = subprocess.Popen([sys.executable, *map(str, argv)], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+
+@pytest.mark.parametrize('argv', [['test_image.py', '--image', 'x.png'],
+                                  ['evaluate.py', '--data', 'x'],
+                                  ['utils.py', '--input', 'x', '--output', 'y'],
+                                  ['scripts/export_onnx.py', '--output', 'x.onnx']])
+def test_ctrl_c_while_loading_is_one_line(argv):
+    """9: Ctrl-C while torch was being imported printed a 20-line traceback."""
+    r = interrupt(argv, 0.4)
+    assert r.returncode == 130 and r.stderr.strip() == 'error: interrupted', r.stderr
+
+
+def test_ctrl_c_in_evaluate_writes_nothing(hr_dir, tmp_path, capsys, monkeypatch):
+    """9: Ctrl-C during the work: one line, 130, no --json or --csv."""
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(utils, 'load_hr_lr', stop)
+    rc, _, err = run_main(evaluate.main, ['--data', hr_dir, '--metrics', 'psnr', '--json',
+                                          tmp_path / 't.json', '--csv', tmp_path / 't.csv'],
+                          capsys)
+    assert rc == 130 and one_error(err) == 'error: interrupted'
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_in_export_onnx_is_not_an_export_failure(weights, tmp_path, capsys,
+                                                        monkeypatch):
+    """9: the exporter wraps Ctrl-C in an error: 'export failed', escape codes, exit 1."""
+    def export(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError('\x1b[1mFailed to export\x1b[0m') from e
+    monkeypatch.setattr(torch.onnx, 'export', export)
+    rc, _, err = run_main(export_onnx.main, ['--weight', weights, '--output',
+                                             tmp_path / 'g.onnx'], capsys)
+    assert rc == 130 and one_error(err) == 'error: interrupted'
+    assert list(tmp_path.iterdir()) == []
+
+
+SIGTERM_VIDEO = '''
+import os, signal, sys
+import test_video
+real, calls = test_video.super_resolve_frames, []
+def frames(*a, **k):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+test_video.super_resolve_frames = frames
+sys.exit(test_video.main(sys.argv[1:]))
+'''
+
+
+def test_sigterm_stops_test_video_cleanly(weights, tmp_path):
+    """9: SIGTERM killed test_video.py on the spot, leaving .tmp_* files."""
+    from test_test_video import make_video
+    clip = tmp_path / 'clip.mp4'
+    make_video(clip, n=utils.MAX_BATCH + 4, audio=False)
+    out = tmp_path / 'out'
+    r = subprocess.run([sys.executable, '-c', SIGTERM_VIDEO, '--video', clip, '--weight',
+                        weights, '--out_dir', out, '--tile', '0'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130 and 'interrupted' in one_error(r.stderr), r.stderr
+    assert list(out.iterdir()) == []
