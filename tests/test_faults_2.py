@@ -347,3 +347,42 @@ def test_sigterm_stops_test_video_cleanly(weights, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 130 and 'interrupted' in one_error(r.stderr), r.stderr
     assert list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. a truncated video
+# ---------------------------------------------------------------------------------------------
+
+def cut_video(path: Path, n: int = 20, keep: float = 0.9) -> None:
+    """An MP4 that declares n frames (index at the front) with its end cut off."""
+    import av
+    c = av.open(str(path), 'w', options={'movflags': 'faststart'})
+    v = c.add_stream('libx264', rate=25)
+    v.width, v.height, v.pix_fmt = 32, 24, 'yuv420p'
+    photo = natural(24 + 3 * n, 32 + 2 * n)
+    for i in range(n):
+        frame = av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(photo[3 * i:3 * i + 24, 2 * i:2 * i + 32]), format='rgb24')
+        frame.pts = i
+        c.mux(v.encode(frame))
+    c.mux(v.encode())
+    c.close()
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(len(raw) * keep)])
+
+
+@pytest.mark.parametrize('allow', [False, True])
+def test_truncated_video_is_said_and_kept(weights, tmp_path, capsys, allow):
+    """4: a truncated video gave a shorter output with exit 0 (or lost it at a decode error)."""
+    import test_video
+    clip = tmp_path / 'clip.mp4'
+    cut_video(clip)
+    out = tmp_path / 'out'
+    rc, _, err = run_main(test_video.main, ['--video', clip, '--weight', weights, '--out_dir',
+                                            out] + (['--allow_partial'] if allow else []),
+                          capsys)
+    said = [line for line in err.splitlines() if 'of the 20 frames' in line]
+    assert len(said) == 1 and str(clip) in said[0], err
+    assert rc == (0 if allow else 1) and 'Traceback' not in err
+    assert said[0].startswith('warning: ' if allow else 'error: ')
+    assert (out / 'sr_clip.mp4').is_file()
