@@ -101,7 +101,7 @@ def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
             hr, lr = utils.load_hr_lr(path, scale, max_megapixels)
         except utils.ImageError as e:
             errors.append(str(e))
-            tqdm.write(f'error: {e}', file=sys.stderr)
+            tqdm.write(f'error: {utils.one_line(str(e))}', file=sys.stderr)
             continue
         image = {'dataset': dataset, 'image': os.path.basename(path)}
         blank = {}  # metric -> why this image cannot have it (too small)
@@ -111,7 +111,7 @@ def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
                           for name, method in methods.items()]
         except utils.ImageError as e:  # utils.InferenceError: out of memory, not finite
             errors.append(f'{path}: {e}')
-            tqdm.write(f'error: {path}: {e}', file=sys.stderr)
+            tqdm.write(f'error: {utils.one_line(f"{path}: {e}")}', file=sys.stderr)
             continue
         rows += image_rows
         if 'niqe' in functions and 'niqe' not in blank:

@@ -35,10 +35,12 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,9 +92,17 @@ class Interrupted(SRError):
     exit_status = EXIT_INTERRUPTED
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters (newlines, tabs, terminal escapes) and line separators
+    written as Python escapes ('\\n', '\\x1b'), so that a message naming any file name is one
+    line and cannot move the terminal's cursor."""
+    return ''.join(c.encode('unicode_escape').decode('ascii')
+                   if unicodedata.category(c) in ('Cc', 'Zl', 'Zp') else c for c in text)
+
+
 def error(msg: str) -> None:
-    """Report a problem: one line on stderr."""
-    print(f'error: {msg}', file=sys.stderr, flush=True)
+    """Report a problem: one line on stderr (one_line escapes what would break it)."""
+    print(f'error: {one_line(msg)}', file=sys.stderr, flush=True)
 
 
 def exit_status(e: BaseException) -> int:
@@ -142,15 +152,42 @@ def script(main: Callable) -> Callable:
     return wrapped
 
 
+# What a path that is neither a regular file nor a folder is, by its st_mode type.
+PATH_KINDS = ((stat.S_ISFIFO, 'FIFO (named pipe)'), (stat.S_ISSOCK, 'socket'),
+              (stat.S_ISCHR, 'character device'), (stat.S_ISBLK, 'block device'))
+
+
+def path_problem(path: str, kind: str = 'file') -> Optional[str]:
+    """Why `path` is not a `kind` ('file': a regular file, 'folder') to read, naming what it
+    is instead (missing, a folder, a FIFO, a symbolic link loop ...); None when it is one.
+    Nothing is opened: a FIFO would block."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f'a symbolic link loop, not a {kind}'
+        if os.path.islink(path):
+            return f'a broken symbolic link (to {os.readlink(path)}), not a {kind}'
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f'{kind} not found'
+        return f'cannot be read ({e.strerror})'
+    if kind == 'folder':
+        return None if stat.S_ISDIR(st.st_mode) else 'not a folder'
+    if stat.S_ISDIR(st.st_mode):
+        return 'is a folder, not a file'
+    if not stat.S_ISREG(st.st_mode):
+        what = next((name for test, name in PATH_KINDS if test(st.st_mode)), 'special file')
+        return f'not a regular file: {what}'
+    return None
+
+
 def check_input(path: str, kind: str = 'file') -> str:
-    """`path` when it exists and is a `kind` ('file' or 'folder'); UsageError naming it
-    otherwise. For the inputs a command names, checked before any model is built."""
-    if not os.path.exists(path):
-        raise UsageError(f'{path}: {kind} not found')
-    if kind == 'file' and os.path.isdir(path):
-        raise UsageError(f'{path}: is a folder, not a file')
-    if kind == 'folder' and not os.path.isdir(path):
-        raise UsageError(f'{path}: not a folder')
+    """`path` when it is a `kind` ('file': a regular file, or 'folder'); UsageError naming it
+    and what it is otherwise (path_problem). For the inputs a command names, checked before
+    any model is built, and before anything is opened (a FIFO would hang the command)."""
+    problem = path_problem(path, kind)
+    if problem:
+        raise UsageError(f'{path}: {problem}')
     return path
 
 
@@ -247,11 +284,10 @@ def find_images(folder: str, what: str = 'folder', recursive: bool = True) -> li
 
 
 def _check_image_file(path: str) -> None:
-    """ImageError unless `path` is a non-empty file."""
-    if not os.path.exists(path):
-        raise ImageError(f'{path}: file not found')
-    if os.path.isdir(path):
-        raise ImageError(f'{path}: is a folder, not an image')
+    """ImageError unless `path` is a non-empty regular file."""
+    problem = path_problem(path)
+    if problem:
+        raise ImageError(f'{path}: {problem.replace("not a file", "not an image")}')
     if os.path.getsize(path) == 0:
         raise ImageError(f'{path}: empty file (0 bytes)')
 

@@ -386,3 +386,57 @@ def test_truncated_video_is_said_and_kept(weights, tmp_path, capsys, allow):
     assert rc == (0 if allow else 1) and 'Traceback' not in err
     assert said[0].startswith('warning: ' if allow else 'error: ')
     assert (out / 'sr_clip.mp4').is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10, 15. paths of the wrong kind: named by kind, never opened; file names escaped
+# ---------------------------------------------------------------------------------------------
+
+def test_fifo_as_coords_is_refused_not_waited_on(photo, tmp_path):
+    """10: a FIFO as --coords hung get_img_crop.py."""
+    fifo = tmp_path / 'coords.json'
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, 'get_img_crop.py', '--image', photo, '--coords', fifo,
+                        '--out_dir', tmp_path / 'out'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    line = one_error(r.stderr)
+    assert r.returncode == 2 and str(fifo) in line and 'not a regular file: FIFO' in line
+
+
+def test_fifo_as_image_is_named_by_kind(weights, photo, tmp_path, capsys):
+    """15: a FIFO was 'empty file (0 bytes)'; in a folder it is skipped, the rest done."""
+    fifo = tmp_path / 'pipe.png'
+    os.mkfifo(fifo)
+    rc, _, err = run_main(test_image.main, ['--image', fifo, '--weight', weights], capsys)
+    assert rc == 2 and 'not a regular file: FIFO' in one_error(err)
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    os.mkfifo(folder / 'pipe.png')
+    (folder / 'a.png').write_bytes(photo.read_bytes())
+    rc, _, err = run_main(test_image.main, ['--image', folder, '--weight', weights,
+                                            '--out_dir', tmp_path / 'out'], capsys)
+    errors = [line for line in err.splitlines() if line.startswith('error: ')]
+    assert rc == 1 and 'pipe.png: not a regular file: FIFO' in errors[0], err
+    assert (tmp_path / 'out' / 'a' / 'sr_a.png').exists()
+
+
+@pytest.mark.parametrize('make, says', [
+    (lambda p: p.mkdir(), 'is a folder'),
+    (lambda p: p.symlink_to(p), 'symbolic link loop'),
+    (lambda p: p.symlink_to(p.parent / 'gone.mp4'), 'broken symbolic link')])
+def test_wrong_kind_of_video_path_is_named(weights, tmp_path, capsys, make, says):
+    """15: a folder or a symbolic link loop as --video was 'file not found'."""
+    import test_video
+    video = tmp_path / 'v.mp4'
+    make(video)
+    rc, _, err = run_main(test_video.main, ['--video', video, '--weight', weights,
+                                            '--out_dir', tmp_path / 'out'], capsys)
+    assert rc == 2 and says in one_error(err), err
+
+
+def test_control_characters_in_file_names_are_escaped(weights, tmp_path, capsys):
+    """15: a newline or a terminal escape in a file name split the error over lines."""
+    name = tmp_path / 'two\nlines\x1b[2J.png'
+    rc, _, err = run_main(test_image.main, ['--image', name, '--weight', weights], capsys)
+    assert rc == 2 and err.count('\n') == 1 and '\x1b' not in err, repr(err)
+    assert 'two\\nlines\\x1b[2J.png' in err
