@@ -30,9 +30,14 @@ import argparse
 import csv
 import json
 import os
+import signal
 import statistics
 import sys
 from typing import Optional
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import torch
 from tqdm import tqdm
@@ -84,14 +89,16 @@ def find_images(folder: str) -> list:
 
 def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
                     progress: bool = True, max_megapixels: float = utils.MAX_MEGAPIXELS,
-                    metrics: tuple = DEFAULT_METRICS, lpips_metric: utils.LPIPS = None) -> tuple:
+                    metrics: tuple = DEFAULT_METRICS, lpips_metric: utils.LPIPS = None,
+                    label: str = None) -> tuple:
     """Score every image of `folder` (or the given `paths` in it) with every method, and with
     niqe or grid the HR image itself (method 'HR').
 
     Returns (rows, errors): rows are per-image dicts with dataset, method, image and the chosen
     metrics (None where one does not apply); errors are one-line messages for the images that
-    were skipped."""
-    dataset = os.path.basename(os.path.normpath(folder))
+    were skipped (unreadable, or the generator failed on them: out of memory, an output that
+    is not finite). `label` names the folder's rows (default: the folder's name)."""
+    dataset = label or os.path.basename(os.path.normpath(folder))
     if paths is None:
         paths = find_images(folder)
     functions = metric_functions(metrics, lpips_metric)
@@ -101,13 +108,19 @@ def evaluate_folder(folder: str, methods: dict, scale: int, paths: list = None,
             hr, lr = utils.load_hr_lr(path, scale, max_megapixels)
         except utils.ImageError as e:
             errors.append(str(e))
-            tqdm.write(f'error: {e}', file=sys.stderr)
+            tqdm.write(f'error: {utils.one_line(str(e))}', file=sys.stderr)
             continue
         image = {'dataset': dataset, 'image': os.path.basename(path)}
         blank = {}  # metric -> why this image cannot have it (too small)
-        for name, method in methods.items():
-            rows.append({**image, 'method': name,
-                         **score(functions, method(lr), hr, scale, blank)})
+        try:
+            image_rows = [{**image, 'method': name,
+                           **score(functions, method(lr), hr, scale, blank)}
+                          for name, method in methods.items()]
+        except utils.ImageError as e:  # utils.InferenceError: out of memory, not finite
+            errors.append(f'{path}: {e}')
+            tqdm.write(f'error: {utils.one_line(f"{path}: {e}")}', file=sys.stderr)
+            continue
+        rows += image_rows
         # the no-reference metrics score the HR image itself too: the natural level
         natural = {key: function(hr, hr, scale) for key, function in functions.items()
                    if key in ('niqe', 'grid') and key not in blank}
@@ -195,6 +208,29 @@ EXACT = utils.Default('off', 'off: exact float32, so that tables reproduce to th
                              'on any machine')
 
 
+def distinct_folders(folders: list) -> list:
+    """(folder, label) for each distinct folder of --data (compared after resolving links), in
+    order; a folder given again is left out with a one-line note. The label is the folder's
+    name, or parent/name where two distinct folders share a name."""
+    seen, kept = {}, []
+    for folder in folders:
+        key = os.path.realpath(folder)
+        if key in seen:
+            print(f'note: --data {folder} is {seen[key]} again; counted once', file=sys.stderr,
+                  flush=True)
+            continue
+        seen[key] = folder
+        kept.append(folder)
+    names = [os.path.basename(os.path.realpath(f)) for f in kept]
+    labels = []
+    for folder, name in zip(kept, names):
+        if names.count(name) > 1:
+            real = os.path.realpath(folder)
+            name = f'{os.path.basename(os.path.dirname(real))}/{name}'
+        labels.append(name)
+    return list(zip(kept, labels))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data', nargs='+', required=True, metavar='DIR',
@@ -270,9 +306,9 @@ def main(argv=None) -> int:
                 for flag, path in (('--json', args.json), ('--csv', args.csv))
                 if path and (problem := utils.output_problem(path))]
     folders = []
-    for folder in args.data:
+    for folder, label in distinct_folders(args.data):
         try:
-            folders.append((folder, find_images(folder)))
+            folders.append((folder, label, find_images(folder)))
         except utils.UsageError as e:
             problems.append(e)
     for path in [w.path for w in args.weight] + ([args.weight_psnr] if args.weight_psnr else []):
@@ -282,6 +318,10 @@ def main(argv=None) -> int:
             problems.append(e)
     if problems:
         return utils.fail(*problems)
+    utils.check_outputs([('--json', args.json), ('--csv', args.csv)],
+                        [('--data', p) for _, _, paths in folders for p in paths]
+                        + [('--weight', w.path) for w in args.weight]
+                        + [('--weight_psnr', args.weight_psnr)])
     scale, methods = load_methods(args, device, amp_dtype)
     lpips_metric = None
     if 'lpips' in args.metrics:
@@ -291,14 +331,19 @@ def main(argv=None) -> int:
             raise utils.UsageError(f'--metrics lpips: {e}') from None
 
     rows, skipped = [], []
-    for folder, paths in folders:
+    for folder, label, paths in folders:
         folder_rows, errors = evaluate_folder(folder, methods, scale, paths,
                                               max_megapixels=args.max_megapixels,
-                                              metrics=args.metrics, lpips_metric=lpips_metric)
+                                              metrics=args.metrics, lpips_metric=lpips_metric,
+                                              label=label)
         rows += folder_rows
         skipped += errors
     summary = summarize(rows)
     print(format_table(summary), flush=True)
+    if skipped:  # each said why in its own line above; the table leaves them out
+        total = sum(len(paths) for _, _, paths in folders)
+        print(f'{len(skipped)} of {total} image(s) not scored, left out of the table',
+              file=sys.stderr, flush=True)
     failed = bool(skipped)
     for write, data, path in ((write_json, summary, args.json), (write_csv, rows, args.csv)):
         try:

@@ -24,14 +24,19 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 from PIL import Image, ImageColor
 
 from utils import (EXIT_FAILED, PALETTE, CropError, Default, ImageError, UsageError, add_flags,
-                   annotate, atomic_write, check_box, check_input, check_pixels, comparison,
-                   default_colors, error, framed_patch, parse_box, read_rgb, scale_box, script,
-                   set_max_megapixels)
+                   annotate, atomic_write, check_box, check_input, check_outputs, check_pixels,
+                   comparison, default_colors, error, framed_patch, parse_box, read_rgb,
+                   scale_box, script, set_max_megapixels)
 from utils import save_pil as save  # the format from the extension (else PNG), atomically
 
 WINDOW_TITLE = 'get_img_crop: select boxes'
@@ -200,6 +205,22 @@ def output_names(paths: list, out_dir: str = None) -> list:
             for k, n in enumerate(names, 1)]
 
 
+def crop_outputs(args: argparse.Namespace, count: int) -> list:
+    """(what, path) of every file a run with `count` boxes writes, for utils.check_outputs."""
+    outputs = []
+    for path, (folder, name) in zip(args.image, output_names(args.image, args.out_dir)):
+        outputs += [(f'the crop {i} of {path}', os.path.join(folder, f'{i}_crop_{name}'))
+                    for i in range(count)]
+        outputs.append((f'the annotated copy of {path}', os.path.join(folder,
+                                                                      f'annotated_{name}')))
+    out_dir = args.out_dir or os.path.dirname(args.image[0]) or '.'
+    outputs += [(f'the comparison {i}', os.path.join(out_dir, f'comparison_{i}.png'))
+                for i in range(count)]
+    if not args.coords:
+        outputs.append(('the boxes file', coords_path(args.image[0], args.out_dir)))
+    return outputs
+
+
 def write_crops(path: str, img: Image.Image, boxes: list, colors: list, first_size: tuple,
                 folder: str, name: str) -> list:
     """Write {i}_crop_NAME and annotated_NAME in `folder`; returns the bare patches."""
@@ -272,6 +293,9 @@ def main(argv=None) -> int:
         raise UsageError('give either --coords or --box, not both')
     for path in args.image + ([args.coords] if args.coords else []):
         check_input(path)
+    inputs = [('--image', p) for p in args.image] + [('--coords', args.coords)]
+    if args.box:  # with --coords or a selection, once the boxes are known
+        check_outputs(crop_outputs(args, len(args.box)), inputs)
     set_max_megapixels(args.max_megapixels)
     images, failed = {}, 0
     for path in args.image:
@@ -291,6 +315,7 @@ def main(argv=None) -> int:
             raise UsageError(f'{args.out_dir}: cannot create the output folder '
                              f'({e.strerror or e})') from None
     boxes, colors = get_boxes(args, images[first])
+    check_outputs(crop_outputs(args, len(boxes)), inputs)
 
     patches = [[] for _ in boxes]
     kept_labels = []

@@ -25,7 +25,12 @@ the SRResNet's fidelity, 1 the SRGAN's texture.
 """
 import argparse
 import os
+import signal
 import sys
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import torch
 

@@ -22,10 +22,15 @@ interrupted run never leaves a half-written file under the final name.
 """
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import numpy as np
 import torch
@@ -89,6 +94,36 @@ def open_video(path: str) -> Source:
         container.close()
         raise
     return Source(container, video, list(container.streams.audio), Fraction(rate))
+
+
+def demuxed(packets, result: dict):
+    """The packets of `packets`, ending (instead of raising) at a read error, which is kept
+    in result['decode_error']: a cut or damaged file gives the frames before the damage."""
+    try:
+        yield from packets
+    except av.FFmpegError as e:
+        result['decode_error'] = ffmpeg_message(e)
+
+
+def decoded(packet: av.Packet, result: dict) -> list:
+    """The frames of `packet`; [] at a decode error, kept in result['decode_error'] (the
+    caller then stops: what decoded before the damage is the output)."""
+    try:
+        return packet.decode()
+    except av.FFmpegError as e:
+        result['decode_error'] = ffmpeg_message(e)
+        return []
+
+
+def shortfall(result: dict) -> str:
+    """Why the output has fewer frames than the input part should have given, or ''."""
+    declared, got = result.get('declared'), result['frames']
+    if result.get('decode_error'):
+        of = f' of the {declared} frames the container declares' if declared else ' frame(s)'
+        return f"decoding stopped at an error ({result['decode_error']}) after {got}{of}"
+    if declared and got < declared:
+        return f'only {got} of the {declared} frames the container declares could be decoded'
+    return ''
 
 
 def frame_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
@@ -282,7 +317,7 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
         total = max(0, min(v.frames, opts.stop or v.frames) - opts.start)
     result = {'path': path, 'in_size': (w, h), 'out_size': (w * s, h * s), 'tile': tile,
               'batch': batch, 'frames': 0, 'audio': len(source.audio), 'seconds': 0.0,
-              'outputs': output_paths(path, opts)}
+              'outputs': output_paths(path, opts), 'declared': total}
 
     labels = compare_labels(w * s, h * s) if opts.compare else []
 
@@ -327,7 +362,9 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
         bar = tqdm(total=total, unit='frame', desc=os.path.basename(path), leave=False,
                    disable=None)  # progress on a terminal only
         try:
-            for packet in source.container.demux(v, *source.audio):
+            for packet in demuxed(source.container.demux(v, *source.audio), result):
+                if 'decode_error' in result:
+                    break
                 if packet.stream.type == 'audio':
                     if packet.dts is not None:  # the demuxer's end-of-stream marker has none
                         for ready in gate.offer(packet):
@@ -337,7 +374,7 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
                     continue
                 if gate.stop is not None:
                     continue  # past the part: only the audio that belongs to it is read on
-                for frame in packet.decode():
+                for frame in decoded(packet, result):
                     pts = frame.pts if frame.pts is not None else round(index * default_pts)
                     t = pts * v.time_base
                     if opts.stop is not None and index >= opts.stop:
@@ -428,6 +465,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--pix_fmt', choices=['yuv420p', 'yuv444p'], default='yuv420p',
                    help='yuv420p plays everywhere; yuv444p keeps full colour resolution, but '
                         'some players cannot play it (default: yuv420p)')
+    p.add_argument('--allow_partial', action='store_true',
+                   help='exit 0 when fewer frames decode than the container declares (a cut '
+                        'or damaged file); the shorter output is kept either way (default: '
+                        'exit 1)')
     return p.parse_args(argv)
 
 
@@ -459,6 +500,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         raise Interrupted(f'{args.video}: interrupted; no output written') from None
     report(result)
+    short = shortfall(result)
+    if short:  # the partial output is kept either way
+        if not args.allow_partial:
+            raise VideoError(f'{args.video}: {short}; the shorter output is kept (pass '
+                             '--allow_partial to accept it)')
+        print(f'warning: {args.video}: {short}; the output is shorter', file=sys.stderr,
+              flush=True)
     return 0
 
 

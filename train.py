@@ -888,8 +888,9 @@ def load_pretrained(args, generator: Generator) -> None:
     """Copy generator weights from --pretrain (weights file or checkpoint) into `generator`."""
     try:
         g = utils.load_generator(args.pretrain, upscale_factor=args.upscale_factor)
-    except utils.CheckpointError as e:
-        raise TrainingError(f'--pretrain {e}') from None
+    except utils.CheckpointError as e:  # a file refused as given keeps its exit status 2
+        raise (utils.UsageError if e.exit_status == utils.EXIT_USAGE else TrainingError)(
+            f'--pretrain {e}') from None
     if g.config != generator.config:
         raise TrainingError(f'--pretrain {args.pretrain}: generator {g.config} does not match '
                             f'this run ({generator.config}); set --num_blocks to match')

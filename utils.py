@@ -33,15 +33,22 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
+import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import numpy as np
 import torch
@@ -85,9 +92,17 @@ class Interrupted(SRError):
     exit_status = EXIT_INTERRUPTED
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters (newlines, tabs, terminal escapes) and line separators
+    written as Python escapes ('\\n', '\\x1b'), so that a message naming any file name is one
+    line and cannot move the terminal's cursor."""
+    return ''.join(c.encode('unicode_escape').decode('ascii')
+                   if unicodedata.category(c) in ('Cc', 'Zl', 'Zp') else c for c in text)
+
+
 def error(msg: str) -> None:
-    """Report a problem: one line on stderr."""
-    print(f'error: {msg}', file=sys.stderr, flush=True)
+    """Report a problem: one line on stderr (one_line escapes what would break it)."""
+    print(f'error: {one_line(msg)}', file=sys.stderr, flush=True)
 
 
 def exit_status(e: BaseException) -> int:
@@ -103,15 +118,29 @@ def fail(*problems: Exception) -> int:
     return max(exit_status(e) for e in problems)
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does: temporary files removed
+
+
 def run_main(main: Callable, argv=None) -> int:
     """main(argv)'s exit status, with the contract applied: an SRError it raises becomes its
-    one line on stderr and its exit_status, Ctrl-C the line 'error: interrupted' and 130."""
+    one line on stderr and its exit_status, Ctrl-C (and SIGTERM) the line 'error: interrupted'
+    and 130, after the code it interrupted has removed its temporary files."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in ((signal.SIGINT, signal.default_int_handler),
+                                (signal.SIGTERM, _terminated)):
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job keeps it
+                handlers[signum] = signal.signal(signum, handler)
     try:
         return main(argv) or 0
     except SRError as e:
         return fail(e)
     except KeyboardInterrupt:
         return fail(Interrupted('interrupted'))
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def script(main: Callable) -> Callable:
@@ -123,15 +152,42 @@ def script(main: Callable) -> Callable:
     return wrapped
 
 
+# What a path that is neither a regular file nor a folder is, by its st_mode type.
+PATH_KINDS = ((stat.S_ISFIFO, 'FIFO (named pipe)'), (stat.S_ISSOCK, 'socket'),
+              (stat.S_ISCHR, 'character device'), (stat.S_ISBLK, 'block device'))
+
+
+def path_problem(path: str, kind: str = 'file') -> Optional[str]:
+    """Why `path` is not a `kind` ('file': a regular file, 'folder') to read, naming what it
+    is instead (missing, a folder, a FIFO, a symbolic link loop ...); None when it is one.
+    Nothing is opened: a FIFO would block."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f'a symbolic link loop, not a {kind}'
+        if os.path.islink(path):
+            return f'a broken symbolic link (to {os.readlink(path)}), not a {kind}'
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f'{kind} not found'
+        return f'cannot be read ({e.strerror})'
+    if kind == 'folder':
+        return None if stat.S_ISDIR(st.st_mode) else 'not a folder'
+    if stat.S_ISDIR(st.st_mode):
+        return 'is a folder, not a file'
+    if not stat.S_ISREG(st.st_mode):
+        what = next((name for test, name in PATH_KINDS if test(st.st_mode)), 'special file')
+        return f'not a regular file: {what}'
+    return None
+
+
 def check_input(path: str, kind: str = 'file') -> str:
-    """`path` when it exists and is a `kind` ('file' or 'folder'); UsageError naming it
-    otherwise. For the inputs a command names, checked before any model is built."""
-    if not os.path.exists(path):
-        raise UsageError(f'{path}: {kind} not found')
-    if kind == 'file' and os.path.isdir(path):
-        raise UsageError(f'{path}: is a folder, not a file')
-    if kind == 'folder' and not os.path.isdir(path):
-        raise UsageError(f'{path}: not a folder')
+    """`path` when it is a `kind` ('file': a regular file, or 'folder'); UsageError naming it
+    and what it is otherwise (path_problem). For the inputs a command names, checked before
+    any model is built, and before anything is opened (a FIFO would hang the command)."""
+    problem = path_problem(path, kind)
+    if problem:
+        raise UsageError(f'{path}: {problem}')
     return path
 
 
@@ -141,6 +197,36 @@ def check_output_dir(path: str, flag: str = '--out_dir') -> str:
     if problem:
         raise UsageError(f'{flag} {problem}')
     return path
+
+
+def _file_key(path: str) -> tuple:
+    """What identifies the file at `path`: its device and inode when it exists (so hard
+    links and symbolic links compare equal), else its resolved path."""
+    try:
+        st = os.stat(path)
+        return 'inode', st.st_dev, st.st_ino
+    except OSError:
+        return 'path', os.path.realpath(path)
+
+
+def check_outputs(outputs: list, inputs: list = ()) -> None:
+    """UsageError (one line, exit 2) when an output path is one of the inputs or another
+    output, compared after resolving links, so a command never overwrites what it reads or
+    one of its own outputs with another. outputs and inputs: (what, path) pairs, `what` the
+    flag or a description that the message shows; a None path is left out. Call it before
+    any work."""
+    seen = {}
+    for what, path in inputs:
+        if path is not None:
+            seen.setdefault(_file_key(path), f'{what} {path}')
+    for what, path in outputs:
+        if path is None:
+            continue
+        key = _file_key(path)
+        if key in seen:
+            raise UsageError(f'{what} {path}: is also {seen[key]}; refusing to overwrite it '
+                             '(choose another output)')
+        seen[key] = f'{what} {path}'
 
 
 # Optional packages: requirements-dev.txt installs them, requirements.txt (the main job) does
@@ -199,11 +285,10 @@ def find_images(folder: str, what: str = 'folder', recursive: bool = True) -> li
 
 
 def _check_image_file(path: str) -> None:
-    """ImageError unless `path` is a non-empty file."""
-    if not os.path.exists(path):
-        raise ImageError(f'{path}: file not found')
-    if os.path.isdir(path):
-        raise ImageError(f'{path}: is a folder, not an image')
+    """ImageError unless `path` is a non-empty regular file."""
+    problem = path_problem(path)
+    if problem:
+        raise ImageError(f'{path}: {problem.replace("not a file", "not an image")}')
     if os.path.getsize(path) == 0:
         raise ImageError(f'{path}: empty file (0 bytes)')
 
@@ -1284,7 +1369,9 @@ def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, ste
                    else os.cpu_count() or 1)
     workers = max(1, min(workers, len(tasks)))
     bar = tqdm(total=len(tasks), unit='img', disable=not progress, desc='sub-images')
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    # the workers leave Ctrl-C to this process, which stops them (no traceback from each)
+    pool = multiprocessing.Pool(workers, initializer=signal.signal,
+                                initargs=(signal.SIGINT, signal.SIG_IGN)) if workers > 1 else None
     try:
         results = pool.imap_unordered(_extract_task, tasks) if pool else map(_extract_task, tasks)
         for r in results:
@@ -1298,6 +1385,10 @@ def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, ste
                 totals['images'] += 1
             totals['written'] += r['written']
             totals['skipped'] += r['skipped']
+    except BaseException:
+        if pool:
+            pool.terminate()  # each sub-image is written atomically: none is left half-written
+        raise
     finally:
         if pool:
             pool.close()
@@ -1358,6 +1449,12 @@ class CheckpointError(SRError):
 
 class CheckpointPathError(CheckpointError):
     """The weights or checkpoint path is missing or a folder: a command-line problem."""
+    exit_status = EXIT_USAGE
+
+
+class WeightsRefused(CheckpointError):
+    """A weights file that loads but cannot be used as given: settings of the wrong type or
+    range, tensors that are not finite floats. The command cannot run with it (exit 2)."""
     exit_status = EXIT_USAGE
 
 
@@ -1480,6 +1577,60 @@ def _infer_config(sd: dict) -> dict:
     return cfg
 
 
+# The generator settings a weights file may record: each an int (not a bool) in this range.
+# The ranges only stop nonsense (a list, 1e12 channels) before a network is built; the
+# state_dict's own shapes must agree with them too.
+SETTING_RANGES = {'upscale_factor': (2, 8), 'num_blocks': (1, 1024), 'channels': (1, 4096)}
+
+
+def check_settings(path: str, cfg: dict, inferred: dict) -> dict:
+    """The generator settings (upscale_factor, num_blocks, channels) of a weights file: those
+    it records, checked for type and range and against its state_dict, else those read off the
+    state_dict. WeightsRefused (one line naming the file and the setting) otherwise."""
+    settings = {}
+    for key, (low, high) in SETTING_RANGES.items():
+        if key not in cfg:
+            settings[key] = inferred[key]
+            continue
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise WeightsRefused(f'{path}: records {key} = {short_repr(value)}, which is not an '
+                                 f'integer in [{low}, {high}]')
+        if key == 'upscale_factor' and value not in DEFAULT_WEIGHTS:
+            raise WeightsRefused(f'{path}: records upscale_factor = {value}; the generator '
+                                 f'supports {", ".join(map(str, sorted(DEFAULT_WEIGHTS)))}')
+        if key != 'upscale_factor' and value != inferred[key]:
+            keys = (f'{"missing" if value > inferred[key] else "unexpected"} '
+                    f'body.{min(value, inferred[key])}.*' if key == 'num_blocks'
+                    else 'head.0.weight')
+            raise WeightsRefused(f'{path}: records {key} = {value}, but its state_dict has '
+                                 f'{inferred[key]} ({keys}); the settings and the tensors '
+                                 'disagree')
+        settings[key] = value
+    return settings
+
+
+def check_tensors(path: str, sd: dict) -> None:
+    """WeightsRefused unless every tensor of a generator state_dict is finite floating point
+    (BatchNorm's integer batch counters aside): NaN or integer weights give a black picture."""
+    for key, t in sd.items():
+        if key.endswith('num_batches_tracked'):
+            continue
+        if not t.is_floating_point():
+            raise WeightsRefused(f'{path}: tensor {key} is {str(t.dtype).removeprefix("torch.")}'
+                                 ', not floating point; not usable generator weights')
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsRefused(f'{path}: tensor {key} is not finite ({bad} NaN or infinite '
+                                 'values); the weights are broken (a diverged training run?)')
+
+
+def short_repr(value, limit: int = 40) -> str:
+    """repr(value) cut to `limit` characters, for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
 def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     """Build the Generator a weights file describes and load it (float32, eval mode).
 
@@ -1491,13 +1642,14 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     if inferred['num_blocks'] == 0 or 'channels' not in inferred:
         raise CheckpointError(f'{path}: not an SRResNet/SRGAN generator for this model '
                               f'(keys like {sorted(sd)[:3]})')
-    file_scale = int(cfg.get('upscale_factor', inferred['upscale_factor']))
+    settings = check_settings(path, cfg, inferred)
+    check_tensors(path, sd)
+    file_scale = settings['upscale_factor']
     if upscale_factor is not None and int(upscale_factor) != file_scale:
         raise CheckpointError(f'{path}: holds an x{file_scale} generator, but '
                               f'--upscale_factor {upscale_factor} was asked for')
     try:
-        g = Generator(file_scale, int(cfg.get('num_blocks', inferred['num_blocks'])),
-                      int(cfg.get('channels', inferred['channels'])))
+        g = Generator(file_scale, settings['num_blocks'], settings['channels'])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f'{path}: records unusable generator settings ({e})') from None
     mismatch = state_dict_mismatch(g, sd)
@@ -1759,17 +1911,64 @@ def frames_per_pass(h: int, w: int, scale: int, device: torch.device, dtype=None
     return max(1, min(MAX_BATCH, largest * largest // area))
 
 
+class InferenceError(ImageError):
+    """The generator gave no usable output for an image: out of memory even with a smaller
+    tile, or an output that is not finite. An ImageError, so a folder run goes on with the
+    next image; str() names the image when the caller said which (super_resolve's name)."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError of the CPU allocator that could not
+    allocate (DefaultCPUAllocator: not enough memory ...)."""
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ('out of memory' in text.lower()
+                                         or 'DefaultCPUAllocator' in text))
+
+
+def forward_with_retry(model, x: torch.Tensor, scale: int, tile: int, overlap: int, dtype,
+                       step: Callable = None, where: str = '') -> tuple:
+    """(tiled_forward's output, the tile it used). Out of memory (CUDA or CPU) is retried once
+    with half the tile (half the longer side for a whole image) where that still exceeds twice
+    the overlap, with a one-line note; otherwise InferenceError naming `where` and --tile."""
+    device = x.device
+    for attempt in (0, 1):
+        try:
+            with torch.inference_mode(), torch.autocast(device.type,
+                                                        dtype=dtype or torch.bfloat16,
+                                                        enabled=dtype is not None):
+                return tiled_forward(model, x, scale, tile, overlap, step), tile
+        except (RuntimeError, MemoryError) as e:
+            if not (isinstance(e, MemoryError) or is_out_of_memory(e)):
+                raise
+        # outside the except block, so the failed attempt's tensors are freed first
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+        tried = f'tile {tile}' if tile and tile < max(x.shape[-2:]) else 'the whole image'
+        smaller = (tile if tried != 'the whole image' else max(x.shape[-2:])) // 2
+        if attempt or smaller <= 2 * overlap:
+            raise InferenceError(f'{where}out of memory on the {device.type.upper()} with '
+                                 f'{tried}; try a smaller --tile (above twice --tile_overlap, '
+                                 f'{2 * overlap}) or a smaller image')
+        print(f'note: {where}out of memory with {tried}; retrying with --tile {smaller}',
+              file=sys.stderr, flush=True)
+        tile = smaller
+
+
 def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int = None,
                   overlap: int = TILE_OVERLAP, dtype=None,
-                  progress: Callable = None) -> torch.Tensor:
+                  progress: Callable = None, name: str = None) -> torch.Tensor:
     """The one path from a loaded generator (inference_model) to its output: (3, h, w) or
     (N, 3, h, w) LR in [0, 1] -> (3 or N, 3, h*scale, w*scale) float32 on the CPU, unclamped.
 
     tile: None = automatic (plan_tile), 0 = whole image, N = tiles of N LR pixels overlapping
     by `overlap`; dtype: the autocast dtype (autocast_dtype), None for float32; N frames run
     frames_per_pass at a time; inputs under MIN_INPUT_SIDE are mirrored out to it first.
-    progress(done, total) is called after each forward pass."""
+    progress(done, total) is called after each forward pass. Out of memory is retried once
+    with a smaller tile (forward_with_retry); InferenceError, naming `name` (the image) when
+    given, when that fails too or when the output is not finite (NaN or infinity)."""
     device = next(model.parameters()).device
+    where = f'{name}: ' if name else ''
     single = lr.dim() == 3
     h, w = lr.shape[-2:]
     lr, (top, left) = mirror_pad(lr[None] if single else lr, MIN_INPUT_SIDE)
@@ -1783,9 +1982,12 @@ def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: in
         x = chunk.to(device).contiguous(memory_format=torch.channels_last)
         step = None if progress is None else (
             lambda done, _, i=i: progress(i * per_chunk + done, len(chunks) * per_chunk))
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
-                                                    enabled=dtype is not None):
-            sr = tiled_forward(model, x, scale, tile, overlap, step)
+        sr, tile = forward_with_retry(model, x, scale, tile, overlap, dtype, step, where)
+        if not torch.isfinite(sr).all():
+            hint = ('; try --amp off' if dtype == torch.float16 else
+                    '; the weights are likely broken')
+            raise InferenceError(f'{where}the generator output is not finite (NaN or '
+                                 f'infinity){hint}')
         outputs.append(sr[..., top * scale:(top + h) * scale,
                           left * scale:(left + w) * scale].float().cpu())
     sr = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
@@ -2022,7 +2224,8 @@ def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions,
     tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
 
     start = time.perf_counter()
-    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype, progress=progress)
+    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype, progress=progress,
+                       name=path)
     seconds = time.perf_counter() - start
     bicubic = imresize(lr, s)
     if gray:  # the network tints grey input slightly; bicubic keeps it grey by itself
@@ -2172,4 +2375,4 @@ def comparison(patches: list, labels: list) -> Image.Image:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -18,8 +18,14 @@ TensorRT, DirectML); the input and output stay float32, so the same calling code
 """
 import argparse
 import os
+import re
+import signal
 import sys
 import time
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import numpy as np
 import torch
@@ -102,7 +108,14 @@ def export(generator: nn.Module, output: str, opset: int = OPSET, fp16: bool = F
         try:
             to_onnx(Float16(model).eval() if fp16 else model, tmp, opset)
         except Exception as e:
-            detail = (str(e).strip().splitlines() or [''])[0]
+            cause, seen = e, set()
+            while cause is not None and id(cause) not in seen:  # the exporter wraps Ctrl-C
+                if isinstance(cause, KeyboardInterrupt):         # in an error of its own
+                    raise KeyboardInterrupt from None
+                seen.add(id(cause))
+                cause = cause.__cause__ or cause.__context__
+            detail = re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '',  # the exporter's terminal colours
+                            (str(e).strip().splitlines() or [''])[0])
             raise ExportError(f'{output}: export failed ({type(e).__name__}: {detail})') \
                 from None
         result['seconds'] = time.perf_counter() - start

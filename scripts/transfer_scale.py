@@ -146,6 +146,7 @@ def main(argv=None) -> int:
     if problem:
         raise utils.UsageError(f'--output {problem}')
     weight = utils.check_input(args.weight.path)
+    utils.check_outputs([('--output', args.output)], [('--weight', weight)])
     if args.adapt_dir:
         utils.check_input(args.adapt_dir, 'folder')
     source = utils.load_generator(weight)
