@@ -246,6 +246,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='the SRResNet end of --strength, of the same scale and settings '
                              '(default: weights/srresnet_x{S}.pth)')
     utils.add_flags(parser, 'cuda', 'amp', 'tile', 'max_megapixels', amp=EXACT)
+    utils.add_flags(parser, 'ensemble', ensemble=utils.Default(
+        False, 'off; on, each --weight row NAME gets a row NAME+ beside it'))
     parser.add_argument('--metrics', type=parse_metrics, default=DEFAULT_METRICS,
                         metavar='LIST',
                         help=f'comma-separated, of {", ".join(METRIC_COLUMNS)}; niqe and grid add '
@@ -262,6 +264,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.strength and not args.weight:
         parser.error('--strength needs --weight (the SRGAN end)')
     labels = ['Bicubic', 'HR'] + [w.name for w in args.weight]
+    labels += [w.name + '+' for w in args.weight] if args.ensemble else []
     for name in labels:
         if labels.count(name) > 1:
             parser.error(f'--weight: the label {name!r} is used twice (Bicubic and HR are '
@@ -271,7 +274,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_methods(args: argparse.Namespace, device: torch.device, amp_dtype) -> tuple:
     """(scale, methods): Bicubic and a method per --weight (per strength with --strength),
-    all run through utils.super_resolve. The scale is --upscale_factor, else the first weights
+    all run through utils.super_resolve; with --ensemble each also as NAME+ (the 8-transform
+    self-ensemble, utils.ensemble_resolve). The scale is --upscale_factor, else the first weights
     file's, else utils.DEFAULT_SCALE; every file must agree with it. CheckpointError."""
     scale = args.upscale_factor
     generators = {}
@@ -290,6 +294,10 @@ def load_methods(args: argparse.Namespace, device: torch.device, amp_dtype) -> t
     for label, generator in generators.items():
         methods[label] = utils.generator_method(generator, scale, device, amp_dtype, args.tile,
                                                 args.tile_overlap)
+        if args.ensemble:
+            methods[label + '+'] = utils.generator_method(generator, scale, device, amp_dtype,
+                                                          args.tile, args.tile_overlap,
+                                                          ensemble=True)
     return scale, methods
 
 

@@ -9,7 +9,12 @@ For each input NAME it writes, under {out_dir}/{stem}/:
     bicubic_NAME   the network input upscaled with bicubic, for comparison
     lr_NAME        the input actually fed to the network
     hr_NAME        (--downsample bicubic only) the ground truth the metrics compare against
-The format follows NAME's extension (PNG when Pillow cannot write that format).
+The format follows NAME's extension (PNG when Pillow cannot write that format), or --ext.
+The outputs keep what the input was (docs/photos.md): grey stays grey, 16-bit grey stays
+16-bit, transparency, the ICC profile and EXIF are kept (orientation applied once, then 1).
+
+--outscale S resizes the network's output (MATLAB bicubic) to S times the input's size;
+--ensemble averages the network over the 8 flips and rotations of the input (8x the time).
 
 With --downsample bicubic the input is first cropped to a multiple of the scale and shrunk with
 the project's degradation (utils.downscale), so the original is the ground truth, and PSNR/SSIM
@@ -35,10 +40,11 @@ if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run
 import torch
 
 from model import Generator
-from utils import (DEFAULT_SCALE, EXIT_FAILED, PRECISION_NAMES, ImageError, PhotoOptions,
-                   add_flags, check_input, check_output_dir, check_pixels, default_weight, error,
-                   find_images, generator_from_flags, inference_model, inference_setup,
-                   load_blend, number, process_image, script, set_max_megapixels)
+from utils import (DEFAULT_SCALE, EXIT_FAILED, EXTENSIONS, PRECISION_NAMES, ImageError,
+                   PhotoOptions, UsageError, add_flags, check_input, check_output_dir,
+                   check_pixels, default_weight, error, find_images, generator_from_flags,
+                   header_bits, inference_model, inference_setup, load_blend, number,
+                   photo_output_name, process_image, script, set_max_megapixels, warn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,11 +57,14 @@ def format_metrics(m: dict) -> str:
 
 
 def report(result: dict) -> None:
-    (w, h), (ow, oh) = result['in_size'], result['out_size']
+    (w, h), (nw, nh), (ow, oh) = result['in_size'], result['net_size'], result['out_size']
     sec = result['seconds']
     tiles = f", tiles of {result['tile']}" if result['tile'] else ''
-    print(f"{os.path.basename(result['path'])}: {w}x{h} -> {ow}x{oh}, {sec:.2f} s, "
-          f"{ow * oh / 1e6 / max(sec, 1e-9):.2f} MP/s{tiles}", flush=True)
+    final = f' (network) -> {ow}x{oh} (--outscale)' if (ow, oh) != (nw, nh) else ''
+    for note in result['notes']:
+        warn(note)
+    print(f"{os.path.basename(result['path'])}: {w}x{h} -> {nw}x{nh}{final}, {sec:.2f} s, "
+          f"{nw * nh / 1e6 / max(sec, 1e-9):.2f} MP/s{tiles}", flush=True)
     if result['metrics']:
         print(f"  bicubic  {format_metrics(result['metrics']['bicubic'])}")
         print(f"  SR       {format_metrics(result['metrics']['sr'])}", flush=True)
@@ -68,7 +77,16 @@ def report(result: dict) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Super-resolve an image or a folder of images.')
     p.add_argument('--image', required=True, help='input image, or a folder of images')
-    add_flags(p, 'upscale_factor', 'weight', 'cuda', 'out_dir', 'tile', 'amp', 'max_megapixels')
+    add_flags(p, 'upscale_factor', 'weight', 'cuda', 'out_dir', 'tile', 'amp', 'max_megapixels',
+              'ensemble', 'outscale')
+    p.add_argument('--alpha', choices=['bicubic', 'network'], default='bicubic',
+                   help='how transparency is upscaled: bicubic, or the generator run on the '
+                        'alpha channel replicated to RGB (default: bicubic)')
+    p.add_argument('--ext', choices=['auto', *EXTENSIONS], default='auto', type=str.lower,
+                   help="output format: auto keeps the input's where Pillow writes it (PNG "
+                        'for GIF); 16-bit grey goes to PNG or TIFF only (default: auto)')
+    p.add_argument('--quality', type=number(int, 1, 100), default=None, metavar='Q',
+                   help='JPEG / WebP quality, 1-100 (default: 95)')
     p.add_argument('--strength', type=number(float, 0, 1), default=None, metavar='S',
                    help='detail strength: blend --weight_psnr (0) and --weight (1) parameter '
                         'by parameter (default: --weight alone)')
@@ -103,14 +121,20 @@ def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # everything that can be checked before the model is built (README.md, "Conventions")
+    if args.outscale is not None and args.downsample == 'bicubic':
+        raise UsageError('--outscale does not go with --downsample bicubic (the metrics compare '
+                         "at the network's scale)")
     device, dtype = inference_setup(args)
     paths = input_files(args.image)
+    for path in paths:  # an --ext that cannot hold a 16-bit input: exit 2 before any work
+        photo_output_name('sr_', os.path.basename(path), args.ext, header_bits(path))
     check_output_dir(args.out_dir)
     generator = load_model(args, device)
     cfg = generator.config
     # every input is checked from its header (size included) before anything is decoded
     set_max_megapixels(args.max_megapixels)
-    output_scale = 1 if args.downsample == 'bicubic' else cfg['upscale_factor']
+    output_scale = 1 if args.downsample == 'bicubic' else max(cfg['upscale_factor'],
+                                                              args.outscale or 0)
     failed, checked = [], []
     for path in paths:
         try:
@@ -125,7 +149,9 @@ def main(argv=None) -> int:
     opts = PhotoOptions(scale=cfg['upscale_factor'], out_dir=args.out_dir,
                         downsample=args.downsample == 'bicubic', tile=args.tile,
                         overlap=args.tile_overlap, dtype=dtype,
-                        max_megapixels=args.max_megapixels)
+                        max_megapixels=args.max_megapixels, ensemble=args.ensemble,
+                        outscale=args.outscale, alpha=args.alpha, ext=args.ext,
+                        quality=args.quality)
     blend = '' if args.strength is None else f', detail strength {args.strength:g}'
     print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks{blend}) on {device}, "
           f"{PRECISION_NAMES[dtype]}, {len(paths)} image(s) -> {args.out_dir}", flush=True)

@@ -105,6 +105,12 @@ def error(msg: str) -> None:
     print(f'error: {one_line(msg)}', file=sys.stderr, flush=True)
 
 
+def warn(msg: str) -> None:
+    """Report something the user should know that does not stop the work: one line on
+    stderr."""
+    print(f'warning: {msg}', file=sys.stderr, flush=True)
+
+
 def exit_status(e: BaseException) -> int:
     """The exit status for `e`: its class's exit_status, EXIT_FAILED for anything else."""
     return getattr(e, 'exit_status', EXIT_FAILED)
@@ -455,13 +461,15 @@ def output_format(path: str) -> tuple:
     return path, fmt
 
 
-def save_pil(img: Image.Image, path: str) -> str:
+def save_pil(img: Image.Image, path: str, **options) -> str:
     """Write a PIL image atomically in the format output_format picks (JPEG at quality 95,
-    without alpha); returns the path written."""
+    without alpha); options go to Pillow's save (icc_profile, exif, quality ...); returns the
+    path written."""
     path, fmt = output_format(path)
-    if fmt == 'JPEG' and img.mode == 'RGBA':
-        img = img.convert('RGB')
+    if fmt == 'JPEG' and img.mode in ('RGBA', 'LA'):
+        img = img.convert(img.mode[:-1])
     kwargs = {'quality': 95} if fmt == 'JPEG' else {}
+    kwargs.update(options)
     atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
     return path
 
@@ -473,6 +481,161 @@ def save_image(x: torch.Tensor, path: str, alpha: torch.Tensor = None) -> str:
     if alpha is not None:
         arr = np.concatenate([arr, to_uint8(alpha)], axis=2)
     return save_pil(Image.fromarray(arr), path)
+
+
+# Photos as they are (test_image.py, demo.py): the output keeps what the input was. The
+# network always sees RGB float32 at the file's full precision; what comes out is written
+# back in the input's kind: grey (L, LA, 1) stays grey, 16-bit grey (I;16) stays 16-bit,
+# alpha stays, palette images become RGB or RGBA (with transparency), CMYK and other colour
+# modes RGB. 32-bit grey (I, F TIFF) is scaled by its real range and written as 16-bit grey.
+# The ICC profile is kept where it describes the output's colours; EXIF (JPEG, PNG, WebP) is
+# kept with its orientation set to 1, the rotation being applied to the pixels once on load.
+GREY_MODES = ('L', 'LA', 'I;16')
+SIXTEEN_BIT_FORMATS = ('PNG', 'TIFF')  # the formats Pillow writes 16-bit grey to
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+@dataclass
+class Photo:
+    """One input photo: its pixels for the network and what its outputs must keep."""
+    rgb: torch.Tensor                     # (3, H, W) float32 in [0, 1], full precision
+    alpha: Optional[torch.Tensor] = None  # (1, H, W) in [0, 1], or None
+    mode: str = 'RGB'                     # what to write: L, LA, I;16, RGB or RGBA
+    gray: bool = False                    # grey content: run on grey, write the luma back
+    icc: Optional[bytes] = None           # ICC profile, where it fits `mode`
+    exif: Optional[bytes] = None          # EXIF with orientation 1
+    format: Optional[str] = None          # the file's format as Pillow names it
+    notes: tuple = ()                     # one-line notices about what was left out
+
+    @property
+    def bits(self) -> int:
+        return 16 if self.mode == 'I;16' else 8
+
+
+def _icc_fits(icc: Optional[bytes], mode: str) -> bool:
+    """Whether an ICC profile's colour space (header bytes 16-20) is that of `mode`."""
+    space = icc[16:20] if icc and len(icc) >= 20 else None
+    return space == (b'GRAY' if mode in GREY_MODES else b'RGB ')
+
+
+def _photo_header(path: str) -> tuple:
+    """(format, frames, stored bits per colour channel) from the file's header."""
+    try:
+        with Image.open(path) as img:
+            rawmode = img.tile[0].args[0] if img.tile and img.tile[0].args else ''
+            wide = img.mode in ('RGB', 'RGBA') and ';16' in str(rawmode)
+            return img.format, getattr(img, 'n_frames', 1), 16 if wide else 8
+    except Exception:  # open_image has already said what is wrong with the file
+        return None, 1, 8
+
+
+def header_bits(path: str) -> int:
+    """16 for an image load_photo writes back as 16-bit grey (I;16, I, F), else 8; from the
+    header (8 when it cannot be read: load_photo says why later)."""
+    try:
+        with Image.open(path) as img:
+            return 16 if img.mode in ('I', 'F') or img.mode.startswith('I;16') else 8
+    except Exception:
+        return 8
+
+
+def _wide_grey(img: Image.Image, path: str) -> tuple:
+    """(grey HxW float32 in [0, 1], notice or None) of a 16- or 32-bit grey image: I;16 as is,
+    I and F by their range when it is not [0, 65535] / [0, 1]."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith('I;16'):
+        return (arr / 65535).astype(np.float32), None
+    lo, hi = (0.0, 65535.0) if img.mode == 'I' else (0.0, 1.0)
+    if not np.isfinite(arr).all():
+        raise ImageError(f'{path}: 32-bit float image with NaN or infinite values')
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        lo, hi = float(arr.min()), float(arr.max())
+        note = (f'{path}: 32-bit {img.mode} values span [{lo:g}, {hi:g}]; scaled from that '
+                'range to 16-bit grey')
+    else:
+        note = f'{path}: 32-bit {img.mode} image; written as 16-bit grey'
+    return ((arr - lo) / ((hi - lo) or 1)).astype(np.float32), note
+
+
+def load_photo(path: str) -> Photo:
+    """Read a photo for test_image.py: its pixels (as load_image reads them, but grey at full
+    precision and in full range) and what its outputs must keep. ImageError."""
+    img = open_image(path)
+    fmt, frames, bits = _photo_header(path)
+    notes = []
+    if frames > 1:
+        notes.append(f'{path}: {frames} frames; only the first is super-resolved')
+    if bits == 16:
+        notes.append(f'{path}: 16 bits per colour channel read as 8 (Pillow has no 16-bit '
+                     'colour mode; 16-bit grey stays 16-bit)')
+    icc = img.info.get('icc_profile')
+    exif = None
+    if img.info.get('exif'):  # JPEG APP1, PNG eXIf, WebP EXIF; TIFF's tags are the file's own
+        tags = img.getexif()
+        tags[ORIENTATION] = 1
+        exif = tags.tobytes()
+    mode, alpha = img.mode, None
+    try:
+        if mode == 'P' or mode == 'PA':
+            img = img.convert('RGBA' if mode == 'PA' or 'transparency' in img.info else 'RGB')
+            mode = img.mode
+        if mode in ('I', 'F') or mode.startswith('I;16'):
+            grey, note = _wide_grey(img, path)
+            notes += [note] if note else []
+            rgb, mode = np.repeat(grey[..., None], 3, axis=2), 'I;16'
+        else:
+            if mode in ('LA', 'La', 'RGBA', 'RGBa'):
+                alpha = np.asarray(img.getchannel('A'), dtype=np.float32) / 255
+            mode = {'1': 'L', 'La': 'LA', 'RGBa': 'RGBA'}.get(mode, mode)
+            if mode not in ('L', 'LA', 'RGBA'):
+                mode = 'RGB'  # CMYK, YCbCr, LAB, HSV ...
+            rgb = np.asarray(img.convert('RGB'), dtype=np.float32) / 255
+    except ImageError:
+        raise
+    except Exception as e:  # rarer exceptions Pillow raises converting a damaged file
+        detail = (str(e).strip().splitlines() or [''])[0]
+        raise ImageError(f'{path}: unreadable image ({type(e).__name__}: {detail})') from None
+    rgb = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    if alpha is not None:
+        alpha = torch.from_numpy(np.ascontiguousarray(alpha))[None]
+    gray = mode in GREY_MODES or is_grayscale(rgb)
+    return Photo(rgb, alpha, mode, gray, icc if _icc_fits(icc, mode) else None, exif, fmt,
+                 tuple(notes))
+
+
+def photo_image(x: torch.Tensor, mode: str, alpha: torch.Tensor = None) -> Image.Image:
+    """A (3, H, W) [0, 1] tensor (and (1, H, W) alpha) as a PIL image of `mode` (a Photo's):
+    grey modes take the BT.601 luma, I;16 at 16 bits."""
+    if mode in GREY_MODES:
+        luma = sum(wt * ch for wt, ch in zip(BT601_LUMA, x.float()))[None]
+        if mode == 'I;16':
+            arr = luma[0].clamp(0, 1).mul(65535).round().to(torch.int32).numpy()
+            return Image.fromarray(arr.astype(np.uint16))
+        arr = to_uint8(luma)
+    else:
+        arr = to_uint8(x)
+    if alpha is not None and mode in ('LA', 'RGBA'):
+        arr = np.concatenate([arr, to_uint8(alpha)], axis=2)
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+
+
+def save_photo(x: torch.Tensor, path: str, photo: Photo, alpha: torch.Tensor = None,
+               quality: int = None) -> str:
+    """Write `x` (and `alpha`) in `photo`'s mode, with its ICC profile and EXIF, as save_pil
+    does (the format from path's extension); quality: JPEG / WebP (default 95). Returns the
+    path written. ValueError for 16-bit grey to a format that cannot hold it."""
+    img = photo_image(x, photo.mode, alpha)
+    fmt = output_format(path)[1]
+    if photo.mode == 'I;16' and fmt not in SIXTEEN_BIT_FORMATS:
+        raise ValueError(f'{path}: 16-bit grey can be written as PNG or TIFF only, not {fmt}')
+    options = {}
+    if photo.icc:
+        options['icc_profile'] = photo.icc
+    if photo.exif and fmt in ('JPEG', 'PNG', 'WEBP'):
+        options['exif'] = photo.exif
+    if fmt in ('JPEG', 'WEBP'):
+        options['quality'] = 95 if quality is None else quality
+    return save_pil(img, path, **options)
 
 
 # =============================================================================================
@@ -1128,6 +1291,12 @@ def load_hr_lr(path: str, scale: int, max_megapixels: float = MAX_MEGAPIXELS,
     hr, alpha = load_image(path)
     if keep_alpha and alpha is not None:
         hr = torch.cat([hr, alpha])
+    return crop_and_downscale(hr, scale, path)
+
+
+def crop_and_downscale(hr: torch.Tensor, scale: int, path: str) -> tuple:
+    """(hr, lr): `hr` modcropped and its bicubic downscale, as load_hr_lr makes them;
+    ImageError (naming `path`) when too small to score."""
     hr = modcrop(hr, scale)
     smallest = 2 * scale + SSIM_WINDOW  # the SSIM window must fit once the border is cropped
     if min(hr.shape[-2:]) < smallest:
@@ -1994,6 +2163,47 @@ def super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: in
     return sr[0] if single else sr
 
 
+# Geometric self-ensemble (Lim et al., EDSR, 2017: the "+" rows): the network runs on the 8
+# flips and rotations of the input, each output is turned back, and the 8 are averaged. About
+# 0.1-0.2 dB PSNR for 8x the time.
+def ensemble_transforms() -> list:
+    """The 8 (quarter turns, mirrored) pairs of the dihedral group, identity first."""
+    return [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def _transform(x: torch.Tensor, k: int, flip: bool, undo: bool = False) -> torch.Tensor:
+    if not undo:
+        x = x.flip(-1) if flip else x
+        return torch.rot90(x, k, dims=(-2, -1))
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def ensemble_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int = None,
+                     overlap: int = TILE_OVERLAP, dtype=None,
+                     progress: Callable = None, name: str = None) -> torch.Tensor:
+    """super_resolve's output averaged over the 8 flips and rotations of `lr` (each output
+    turned back first): same arguments, same result shape; 8x the time."""
+    transforms = ensemble_transforms()
+    total = torch.zeros(())
+    for t, (k, flip) in enumerate(transforms):
+        step = None if progress is None else (
+            lambda done, n, t=t: progress(t * n + done, len(transforms) * n))
+        sr = super_resolve(model, _transform(lr, k, flip), scale, tile, overlap, dtype, step,
+                           name)
+        total = total + _transform(sr, k, flip, undo=True)
+    return total / len(transforms)
+
+
+def resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int = None,
+            overlap: int = TILE_OVERLAP, dtype=None, progress: Callable = None,
+            ensemble: bool = False, name: str = None) -> torch.Tensor:
+    """super_resolve, or ensemble_resolve when `ensemble` (--ensemble); `name` (the input
+    file) is what an InferenceError names."""
+    run = ensemble_resolve if ensemble else super_resolve
+    return run(model, lr, scale, tile, overlap, dtype, progress, name)
+
+
 # A method upscales a (3, h, w) LR tensor in [0, 1] to (3, h*s, w*s); the output need not
 # be clamped, the metrics clamp and round.
 Method = Callable[[torch.Tensor], torch.Tensor]
@@ -2005,11 +2215,12 @@ def bicubic_method(scale: int) -> Method:
 
 def generator_method(generator: torch.nn.Module, scale: int, device: torch.device,
                      amp_dtype: Optional[torch.dtype] = None, tile: int = None,
-                     overlap: int = TILE_OVERLAP) -> Method:
+                     overlap: int = TILE_OVERLAP, ensemble: bool = False) -> Method:
     """A method running `generator` through super_resolve, as test_image.py does (BatchNorm
-    fused, channels_last, optional autocast, the same tile policy)."""
+    fused, channels_last, optional autocast, the same tile policy); ensemble: the 8-transform
+    self-ensemble (ensemble_resolve)."""
     model = inference_model(generator, device)
-    return lambda lr: super_resolve(model, lr, scale, tile, overlap, amp_dtype)
+    return lambda lr: resolve(model, lr, scale, tile, overlap, amp_dtype, ensemble=ensemble)
 
 
 # =============================================================================================
@@ -2114,9 +2325,25 @@ def flag_out_dir(p: argparse.ArgumentParser, default='results'):
                    help=described('output folder', default))
 
 
+def flag_ensemble(p: argparse.ArgumentParser,
+                  default=Default(False, 'off: one pass')):
+    p.add_argument('--ensemble', action='store_true',
+                   help=described('geometric self-ensemble (EDSR\'s "+"): average the network '
+                                  'over the 8 flips and rotations of the input; 8x the time',
+                                  default))
+
+
+def flag_outscale(p: argparse.ArgumentParser, default=Default(None, "the network's scale")):
+    p.add_argument('--outscale', type=number(float, 0, low_open=True), default=_default(default),
+                   metavar='S',
+                   help=described("final scale: the network's --upscale_factor first, then "
+                                  'MATLAB bicubic to round(S x width) x round(S x height)',
+                                  default))
+
+
 FLAGS = {'upscale_factor': flag_upscale_factor, 'weight': flag_weight, 'cuda': flag_cuda,
          'amp': flag_amp, 'tile': flag_tile, 'max_megapixels': flag_max_megapixels,
-         'out_dir': flag_out_dir}
+         'out_dir': flag_out_dir, 'ensemble': flag_ensemble, 'outscale': flag_outscale}
 
 
 def add_flags(p: argparse.ArgumentParser, *names: str, **defaults) -> None:
@@ -2186,6 +2413,12 @@ class PhotoOptions:
     overlap: int = TILE_OVERLAP
     dtype: torch.dtype = None  # autocast dtype, None for fp32
     max_megapixels: float = MAX_MEGAPIXELS
+    ensemble: bool = False     # the 8-transform self-ensemble (ensemble_resolve)
+    outscale: float = None     # final scale (imresize after the network), None: the network's;
+                               # not with downsample (the metrics compare at the network's)
+    alpha: str = 'bicubic'     # how alpha is upscaled: bicubic, or network (replicated to RGB)
+    ext: str = 'auto'          # output format: auto (the input's), png, jpg, webp, tif
+    quality: int = None        # JPEG / WebP quality, None: 95
 
 
 def is_grayscale(rgb: torch.Tensor) -> bool:
@@ -2203,45 +2436,90 @@ def output_name(prefix: str, name: str) -> str:
     return output_format(prefix + name)[0]
 
 
+# --ext values -> the extension written
+EXTENSIONS = {'png': '.png', 'jpg': '.jpg', 'webp': '.webp', 'tif': '.tif'}
+
+
+def photo_output_name(prefix: str, name: str, ext: str = 'auto', bits: int = 8) -> str:
+    """The file name process_image writes for input `name`: prefix + name with --ext's
+    extension; auto keeps the input's where Pillow writes that format (GIF, a palette format,
+    becomes PNG, and so does anything else at 16 bits). UsageError for 16-bit grey to a
+    format that cannot hold it."""
+    stem = os.path.splitext(name)[0]
+    if ext != 'auto':
+        out = prefix + stem + EXTENSIONS[ext]
+    else:
+        out = output_name(prefix, name)
+        if output_format(out)[1] == 'GIF' or (
+                bits == 16 and output_format(out)[1] not in SIXTEEN_BIT_FORMATS):
+            out = prefix + stem + '.png'
+    if bits == 16 and output_format(out)[1] not in SIXTEEN_BIT_FORMATS:
+        raise UsageError(f'--ext {ext}: {name} is 16-bit grey, which only PNG and TIFF hold '
+                         '(use --ext png or --ext tif)')
+    return out
+
+
+def outscale_size(h: int, w: int, outscale: float) -> tuple:
+    """(height, width) of an h x w input at --outscale: round(S*h) x round(S*w), at least 1."""
+    return max(1, round(outscale * h)), max(1, round(outscale * w))
+
+
 def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions,
                   progress: Callable = None) -> dict:
-    """Super-resolve one file and write its outputs; returns what to report. progress(done,
-    total), when given, is called after each tile (demo.py's progress bar).
+    """Super-resolve one file and write its outputs in the input's kind (load_photo /
+    save_photo); returns what to report. progress(done, total), when given, is called after
+    each tile (demo.py's progress bar).
 
-    Raises ImageError (one line naming the file) for input that cannot be used."""
+    Raises ImageError (one line naming the file) for input that cannot be used, UsageError
+    for an --ext that cannot hold it."""
     s = opts.scale
     hr = hr_alpha = None
     if opts.downsample:  # the ground truth and its LR, as evaluate.py makes them
-        hr, lr = load_hr_lr(path, s, opts.max_megapixels, keep_alpha=True)
+        check_pixels(path, opts.max_megapixels)
+        photo = load_photo(path)
+        both = photo.rgb if photo.alpha is None else torch.cat([photo.rgb, photo.alpha])
+        hr, lr = crop_and_downscale(both, s, path)
         hr, hr_alpha = hr[:3], (hr[3:] if len(hr) > 3 else None)
         lr, lr_alpha = lr[:3], (lr[3:] if len(lr) > 3 else None)
-        gray = is_grayscale(hr)
     else:
-        lr, lr_alpha = load_image(path)
-        gray = is_grayscale(lr)
+        photo = load_photo(path)
+        lr, lr_alpha = photo.rgb, photo.alpha
+    name = os.path.basename(path)
+    names = [photo_output_name(prefix, name, opts.ext, photo.bits)
+             for prefix in ('sr_', 'bicubic_', 'lr_', 'hr_')]
     h, w = lr.shape[-2:]
     device = next(model.parameters()).device
     tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
 
-    start = time.perf_counter()
-    sr = super_resolve(model, lr, s, tile, opts.overlap, opts.dtype, progress=progress,
-                       name=path)
-    seconds = time.perf_counter() - start
-    bicubic = imresize(lr, s)
-    if gray:  # the network tints grey input slightly; bicubic keeps it grey by itself
-        sr = to_grayscale(sr)
-    sr_alpha = None if lr_alpha is None else imresize(lr_alpha, s).clamp(0, 1)
+    def network(x: torch.Tensor) -> torch.Tensor:
+        return resolve(model, x, s, tile, opts.overlap, opts.dtype, progress,
+                       ensemble=opts.ensemble, name=path)
 
-    name = os.path.basename(path)
+    start = time.perf_counter()
+    sr = network(lr)
+    seconds = time.perf_counter() - start
+    if photo.gray:  # the network tints grey input slightly; its luma is written back
+        sr = to_grayscale(sr)
+    sr_alpha = None
+    if lr_alpha is not None:
+        sr_alpha = (to_grayscale(network(lr_alpha.expand(3, -1, -1)))[:1]
+                    if opts.alpha == 'network'
+                    else imresize(lr_alpha, s)).clamp(0, 1)
+    size = (h * s, w * s) if opts.outscale is None else outscale_size(h, w, opts.outscale)
+    if opts.outscale is not None:  # the network's scale first, then bicubic to the final size
+        sr = imresize(sr, size=size)
+        sr_alpha = None if sr_alpha is None else imresize(sr_alpha, size=size).clamp(0, 1)
+    bicubic = imresize(lr, size=size)
+
     folder = os.path.join(opts.out_dir, os.path.splitext(name)[0])
-    outputs = [(sr, 'sr_', sr_alpha), (bicubic, 'bicubic_', sr_alpha), (lr, 'lr_', lr_alpha)]
+    outputs = [(sr, names[0], sr_alpha), (bicubic, names[1], sr_alpha), (lr, names[2], lr_alpha)]
     if hr is not None:
-        outputs.append((hr, 'hr_', hr_alpha))
+        outputs.append((hr, names[3], hr_alpha))
     written = []
-    for image, prefix, a in outputs:
-        out = os.path.join(folder, output_name(prefix, name))
+    for image, out_name, a in outputs:
+        out = os.path.join(folder, out_name)
         try:
-            save_image(image, out, alpha=a)
+            out = save_photo(image, out, photo, alpha=a, quality=opts.quality)
         except OSError as e:
             raise ImageError(f'{path}: cannot write {out} ({e})') from None
         written.append(out)
@@ -2249,8 +2527,10 @@ def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions,
     metrics = None
     if hr is not None:
         metrics = {'bicubic': image_metrics(bicubic, hr, s), 'sr': image_metrics(sr, hr, s)}
-    return {'path': path, 'in_size': (w, h), 'out_size': (w * s, h * s), 'tile': tile,
-            'seconds': seconds, 'metrics': metrics, 'outputs': written}
+    return {'path': path, 'in_size': (w, h), 'net_size': (w * s, h * s),
+            'out_size': (size[1], size[0]), 'tile': tile, 'seconds': seconds,
+            'metrics': metrics, 'outputs': written, 'mode': photo.mode, 'bits': photo.bits,
+            'notes': list(photo.notes)}
 
 
 # =============================================================================================
