@@ -652,7 +652,7 @@ def check_resumed_mode(args, state: dict, path: str, rt: Runtime) -> None:
                          f'generator drops its discriminator and mixes both modes in '
                          f'history.csv: add --drop_discriminator to do so' if rt.master else '')
     rt.log(f'--drop_discriminator: resuming the generator of {path} in --mode generator; its '
-        f'discriminator is dropped')
+           f'discriminator is dropped')
 
 
 def restore(s: TrainState, state: dict, path: str) -> None:
