@@ -665,7 +665,7 @@ def check_resumed_mode(args, state: dict, path: str, rt: Runtime) -> None:
                          f'generator drops its discriminator and mixes both modes in '
                          f'history.csv: add --drop_discriminator to do so' if rt.master else '')
     rt.log(f'--drop_discriminator: resuming the generator of {path} in --mode generator; its '
-        f'discriminator is dropped')
+           f'discriminator is dropped')
 
 
 def restore(s: TrainState, state: dict, path: str) -> None:
@@ -1422,10 +1422,20 @@ def launch(args, run_fn) -> None:
         if problem:
             raise SetupError(problem)
         import torch.multiprocessing as mp
+        workers = mp.spawn(worker, args=(run_fn, args, nproc, free_port()), nprocs=nproc,
+                           join=False)
         try:
-            mp.spawn(worker, args=(run_fn, args, nproc, free_port()), nprocs=nproc)
+            while not workers.join():
+                pass
         except mp.ProcessExitedException as e:
             raise TrainingError(f'DDP {e}; the other processes were stopped') from None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM here: the workers stop as this does
+            for p in workers.processes:
+                if p.is_alive():
+                    p.terminate()  # SIGTERM: stop_on_sigterm, a clean stop
+            for p in workers.processes:
+                p.join(60)
+            raise
     elif args.dp:
         run_fn(args, DataParallelRuntime(args))
     else:

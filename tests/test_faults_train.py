@@ -350,3 +350,41 @@ def test_a_fifo_in_the_training_folder_is_reported_not_waited_on(data, tmp_path,
     assert result == [0]
     said = [str(w.message) for w in seen if 'not a regular file' in str(w.message)]
     assert said and 'fifo.png' in said[0]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_spawned_ddp_job_stops_every_process(data, tmp_path):
+    """9: SIGTERM to `train.py --ddp --nproc 2` left its workers training (the parent then
+    waited for them, or died and left them behind)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    out = tmp_path / 'run'
+    argv = [sys.executable, str(ROOT / 'train.py'), '--trainset_dir', str(data / 'train'),
+            '--out_dir', str(out), *TINY1, '--batch_size', '1', '--iters_per_epoch', '20',
+            '--epochs', '100000', '--ddp', '--nproc', '2']
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, 'OMP_NUM_THREADS': '1'}, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not (out / 'history.csv').exists():
+            assert p.poll() is None and time.time() < deadline, p.stderr.read()
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        t0 = time.time()
+        err = p.communicate(timeout=90)[1]
+        assert time.time() - t0 < 90
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, err[-2000:]
+    assert 'error: interrupted' in err and 'Traceback' not in err, err[-2000:]
+    assert not list(out.rglob('.tmp_*'))
+    # no worker left behind in the job's session
+    time.sleep(1)
+    left = subprocess.run(['pgrep', '-a', '-s', str(p.pid)], capture_output=True,
+                          text=True).stdout.splitlines()
+    assert not [line for line in left if 'train.py' in line or 'spawn_main' in line], left
