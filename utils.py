@@ -1736,8 +1736,17 @@ def cpu_has_bf16() -> bool:
     return re.search(r'\b(amx_bf16|avx512_bf16)\b', info) is not None
 
 
+def bf16_emulated_message() -> str:
+    """What --amp bf16 on a CPU without native bf16 is told (one line, naming the feature)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (f'--amp bf16: this CPU ({capability}) has neither AVX512-BF16 nor AMX-BF16 '
+            '(avx512_bf16 / amx_bf16 in /proc/cpuinfo), so bf16 is emulated and runs many times '
+            'slower than fp32; --amp auto picks fp32 here')
+
+
 def autocast_dtype(amp: str, device: torch.device):
-    """The autocast dtype for --amp on `device`, or None for fp32. Raises UsageError."""
+    """The autocast dtype for --amp on `device`, or None for fp32. Raises UsageError; warns
+    (one line) when bf16 is asked for on a CPU that only emulates it."""
     if amp == 'off':
         return None
     if amp == 'fp16':
@@ -1747,6 +1756,8 @@ def autocast_dtype(amp: str, device: torch.device):
     if amp == 'bf16':
         if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
             raise UsageError('--amp bf16: this GPU does not support bfloat16')
+        if device.type == 'cpu' and not cpu_has_bf16():
+            warn(bf16_emulated_message())
         return torch.bfloat16
     if device.type == 'cuda':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
