@@ -74,6 +74,23 @@ def test_grey_L(net, tmp_path):
         assert lr.mode == 'L' and np.array_equal(np.asarray(lr), grey())
 
 
+def test_bilevel_1(net, tmp_path):
+    Image.fromarray(grey() > 128).save(tmp_path / 'b.png')
+    with Image.open(tmp_path / 'b.png') as img:
+        assert img.mode == '1'
+    r = photo(tmp_path / 'b.png', net, tmp_path)
+    assert r['sr'].mode == 'L' and r['sr'].size == (32, 32)
+
+
+def test_rgb(net, tmp_path):
+    Image.fromarray(rgb()).save(tmp_path / 'c.png')
+    r = photo(tmp_path / 'c.png', net, tmp_path)
+    assert r['sr'].mode == 'RGB' and r['sr'].size == (32, 32) and r['bits'] == 8
+    assert 'icc_profile' not in r['sr'].info and 'exif' not in r['sr'].info
+    with Image.open(r['outputs'][2]) as lr:
+        assert np.array_equal(np.asarray(lr), rgb())
+
+
 def test_grey_from_rgb_with_equal_channels(net, tmp_path):
     Image.fromarray(np.repeat(grey()[..., None], 3, axis=2)).save(tmp_path / 'e.png')
     r = photo(tmp_path / 'e.png', net, tmp_path)
