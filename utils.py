@@ -1,7 +1,8 @@
 """Everything the scripts share, in data-flow order:
 
     1. Image I/O      the error contract (SRError, UsageError, run_main, check_input);
-                      files <-> (3, H, W) float tensors; ImageError; atomic writes
+                      files <-> (3, H, W) float tensors; ImageError; atomic writes;
+                      load_photo / save_photo (test_image's outputs keep the input's kind)
     2. Colour         RGB <-> BT.601 YCbCr (MATLAB's rgb2ycbcr)
     3. Resize         MATLAB-compatible bicubic imresize, modcrop, the degradation (downscale)
     4. Metrics        PSNR / SSIM on 8-bit images, as the published tables compute them;
@@ -10,7 +11,8 @@
                       DeviceCrops (TrainSet's batches cut on the training device)
     6. Preparation    cutting training images into sub-images; this file's command line
     7. Checkpoints    safe loading, atomic saving, weights files, load_generator
-    8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve
+    8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve,
+                      ensemble_resolve (the 8-transform self-ensemble)
     9. Command line   the inference scripts' flags, the device --cuda asks for, argparse
                       types for bounded numbers
    10. One photo      process_image: one file in, sr_/bicubic_/lr_ files out (test_image.py,
@@ -484,9 +486,12 @@ def load_photo(path: str) -> Photo:
     icc = img.info.get('icc_profile')
     exif = None
     if img.info.get('exif'):  # JPEG APP1, PNG eXIf, WebP EXIF; TIFF's tags are the file's own
-        tags = img.getexif()
-        tags[ORIENTATION] = 1
-        exif = tags.tobytes()
+        try:
+            tags = img.getexif()
+            tags[ORIENTATION] = 1
+            exif = tags.tobytes()
+        except Exception:  # a damaged EXIF block: the pixels are still good, the tags dropped
+            exif = None
     mode, alpha = img.mode, None
     try:
         if mode == 'P' or mode == 'PA':
