@@ -199,6 +199,19 @@ def test_animated_gif_first_frame(net, tmp_path):
     assert r['notes'] == [f'{tmp_path / "a.gif"}: 2 frames; only the first is super-resolved']
 
 
+def test_animated_png_first_frame_notice(weights, tmp_path, capsys):
+    frames = [Image.fromarray(rgb()), Image.fromarray(rgb()[::-1])]
+    frames[0].save(tmp_path / 'a.png', save_all=True, append_images=frames[1:])
+    rc, out, err = run(['--image', tmp_path / 'a.png', '--weight', weights, '--out_dir',
+                        tmp_path / 'o'], capsys)
+    assert rc == 0, err
+    assert err == (f'warning: {tmp_path / "a.png"}: 2 frames; only the first is '
+                   'super-resolved\n')
+    with Image.open(tmp_path / 'o' / 'a' / 'sr_a.png') as sr:
+        assert sr.size == (32, 32) and getattr(sr, 'n_frames', 1) == 1
+        assert np.array_equal(np.asarray(Image.open(tmp_path / 'o' / 'a' / 'lr_a.png')), rgb())
+
+
 def test_cmyk(net, tmp_path):
     Image.fromarray(rgb()).convert('CMYK').save(tmp_path / 'c.jpg', quality=95)
     r = photo(tmp_path / 'c.jpg', net, tmp_path)
