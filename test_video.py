@@ -8,6 +8,9 @@ timestamps, and every audio stream of the source copied packet for packet (not r
 --compare also writes {out_dir}/compare_{name}.mp4: bicubic (utils.imresize) | SR side by side,
 captioned "Bicubic" and "SR" in their top-left corners, without audio.
 
+--outscale S resizes the network's output (MATLAB bicubic) to S times the frame size; --ensemble
+averages the network over the 8 flips and rotations of each frame (8x the time).
+
 --frames A:B super-resolves frames A to B-1 (counted from 0 in display order; A: or :B leave
 one end open). The part starts at time 0 in the output, and its audio is the source's audio
 packets that start within the part's time span, shifted by the same amount, so picture and
@@ -37,10 +40,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from utils import (PRECISION_NAMES, TILE_OVERLAP, Interrupted, SRError, UsageError, add_flags,
-                   atomic_write, check_input, check_output_dir, frames_per_pass,
+from utils import (PRECISION_NAMES, TILE_OVERLAP, Default, Interrupted, SRError, UsageError,
+                   add_flags, atomic_write, check_input, check_output_dir, frames_per_pass,
                    generator_from_flags, imresize, inference_model, inference_setup,
-                   plan_tile, require, script, super_resolve, to_uint8)
+                   outscale_size, plan_tile, require, resolve, script, to_uint8)
 
 try:
     import av
@@ -179,11 +182,24 @@ class VideoWriter:
 # ---------------------------------------------------------------------------------------------
 
 def super_resolve_frames(model: torch.nn.Module, frames: list, scale: int, tile: int,
-                         overlap: int, dtype=None) -> torch.Tensor:
+                         overlap: int, dtype=None, ensemble: bool = False) -> torch.Tensor:
     """HxWx3 uint8 frames -> (N, 3, H*scale, W*scale) float32 on the CPU, unclamped, through
-    utils.super_resolve (as test_image.py runs one image)."""
+    utils.super_resolve (as test_image.py runs one image); ensemble: utils.ensemble_resolve."""
     lr = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255)
-    return super_resolve(model, lr, scale, tile, overlap, dtype)
+    return resolve(model, lr, scale, tile, overlap, dtype, ensemble=ensemble)
+
+
+def output_size(w: int, h: int, scale: int, outscale: float = None,
+                pix_fmt: str = 'yuv420p') -> tuple:
+    """(width, height) of the output video: the network's w*scale x h*scale, or with
+    --outscale S round(S*w) x round(S*h), made even for yuv420p (H.264's 4:2:0 needs even
+    sides)."""
+    if outscale is None:
+        return w * scale, h * scale
+    oh, ow = outscale_size(h, w, outscale)
+    if pix_fmt == 'yuv420p':
+        ow, oh = max(2, ow - ow % 2), max(2, oh - oh % 2)
+    return ow, oh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +218,8 @@ class Options:
     stop: int = None
     crf: int = 18
     pix_fmt: str = 'yuv420p'
+    ensemble: bool = False      # the 8-transform self-ensemble (utils.ensemble_resolve)
+    outscale: float = None      # final scale (imresize after the network); None: the network's
 
 
 @dataclass
@@ -315,18 +333,20 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
     total = None  # frames in the part, when the container says how many it has
     if v.frames:
         total = max(0, min(v.frames, opts.stop or v.frames) - opts.start)
-    result = {'path': path, 'in_size': (w, h), 'out_size': (w * s, h * s), 'tile': tile,
+    ow, oh = output_size(w, h, s, opts.outscale, opts.pix_fmt)
+    result = {'path': path, 'in_size': (w, h), 'net_size': (w * s, h * s),
+              'out_size': (ow, oh), 'tile': tile,
               'batch': batch, 'frames': 0, 'audio': len(source.audio), 'seconds': 0.0,
               'outputs': output_paths(path, opts), 'declared': total}
 
-    labels = compare_labels(w * s, h * s) if opts.compare else []
+    labels = compare_labels(ow, oh) if opts.compare else []
 
     def encode(tmps: list) -> None:
         writers = []
         try:
-            writers.append(VideoWriter(tmps[0], w * s, h * s, source, opts.crf, opts.pix_fmt))
+            writers.append(VideoWriter(tmps[0], ow, oh, source, opts.crf, opts.pix_fmt))
             if opts.compare:
-                writers.append(VideoWriter(tmps[1], 2 * w * s, h * s, source, opts.crf,
+                writers.append(VideoWriter(tmps[1], 2 * ow, oh, source, opts.crf,
                                            opts.pix_fmt, audio=False))
             run(writers)
             for writer in writers:
@@ -337,10 +357,13 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
 
     def flush(frames: list, times: list, writers: list, bar: tqdm) -> None:
         start = time.perf_counter()
-        sr = super_resolve_frames(model, frames, s, tile, opts.overlap, opts.dtype)
+        sr = super_resolve_frames(model, frames, s, tile, opts.overlap, opts.dtype,
+                                  opts.ensemble)
         result['seconds'] += time.perf_counter() - start
+        if (ow, oh) != (w * s, h * s):  # --outscale: the network's scale first, then bicubic
+            sr = imresize(sr, size=(oh, ow))
         bicubic = imresize(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
-                           .div(255), s) if opts.compare else None
+                           .div(255), size=(oh, ow)) if opts.compare else None
         for i, pts in enumerate(times):
             out = to_uint8(sr[i])
             writers[0].write_frame(out, pts, v.time_base)
@@ -418,11 +441,12 @@ def process_video(path: str, model: torch.nn.Module, opts: Options) -> dict:
 
 
 def report(result: dict) -> None:
-    (w, h), (ow, oh) = result['in_size'], result['out_size']
+    (w, h), (nw, nh), (ow, oh) = result['in_size'], result['net_size'], result['out_size']
     n, wall, net = result['frames'], result['wall'], result['seconds']
     tiles = f", tiles of {result['tile']}" if result['tile'] else ''
     audio = f"{result['audio']} audio stream(s) copied" if result['audio'] else 'no audio'
-    print(f"{os.path.basename(result['path'])}: {w}x{h} -> {ow}x{oh}, {n} frames in "
+    final = f' (network) -> {ow}x{oh} (--outscale)' if (ow, oh) != (nw, nh) else ''
+    print(f"{os.path.basename(result['path'])}: {w}x{h} -> {nw}x{nh}{final}, {n} frames in "
           f"{wall:.1f} s, {n / max(wall, 1e-9):.3g} frames/s (the network alone "
           f"{n / max(net, 1e-9):.3g}; {result['batch']} frame(s) per pass{tiles}), {audio}",
           flush=True)
@@ -452,7 +476,9 @@ def parse_frames(spec: str) -> tuple:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Super-resolve a video, keeping its audio.')
     p.add_argument('--video', required=True, help='input video (anything FFmpeg reads)')
-    add_flags(p, 'upscale_factor', 'weight', 'cuda', 'out_dir', 'tile', 'amp')
+    add_flags(p, 'upscale_factor', 'weight', 'cuda', 'out_dir', 'tile', 'amp', 'ensemble',
+              'outscale', outscale=Default(None, "the network's scale; with yuv420p each side "
+                                                 'rounded down to even'))
     p.add_argument('--compare', action='store_true',
                    help='also write compare_NAME.mp4: bicubic | SR side by side, labelled '
                         '(default: off)')
@@ -490,7 +516,8 @@ def main(argv=None) -> int:
     cfg = generator.config
     opts = Options(scale=cfg['upscale_factor'], out_dir=args.out_dir, tile=args.tile,
                    overlap=args.tile_overlap, dtype=dtype, compare=args.compare, start=start,
-                   stop=stop, crf=args.crf, pix_fmt=args.pix_fmt)
+                   stop=stop, crf=args.crf, pix_fmt=args.pix_fmt, ensemble=args.ensemble,
+                   outscale=args.outscale)
     print(f"x{cfg['upscale_factor']} generator ({cfg['num_blocks']} blocks) on {device}, "
           f"{PRECISION_NAMES[dtype]} -> {args.out_dir}", flush=True)
     try:

@@ -1,7 +1,8 @@
 """Everything the scripts share, in data-flow order:
 
     1. Image I/O      the error contract (SRError, UsageError, run_main, check_input);
-                      files <-> (3, H, W) float tensors; ImageError; atomic writes
+                      files <-> (3, H, W) float tensors; ImageError; atomic writes;
+                      load_photo / save_photo (test_image's outputs keep the input's kind)
     2. Colour         RGB <-> BT.601 YCbCr (MATLAB's rgb2ycbcr)
     3. Resize         MATLAB-compatible bicubic imresize, modcrop, the degradation (downscale)
     4. Metrics        PSNR / SSIM on 8-bit images, as the published tables compute them;
@@ -10,7 +11,8 @@
                       DeviceCrops (TrainSet's batches cut on the training device)
     6. Preparation    cutting training images into sub-images; this file's command line
     7. Checkpoints    safe loading, atomic saving, weights files, load_generator
-    8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve
+    8. Inference      autocast precision, the tiling policy, tiled_forward, super_resolve,
+                      ensemble_resolve (the 8-transform self-ensemble)
     9. Command line   the inference scripts' flags, the device --cuda asks for, argparse
                       types for bounded numbers
    10. One photo      process_image: one file in, sr_/bicubic_/lr_ files out (test_image.py,
@@ -571,9 +573,12 @@ def load_photo(path: str) -> Photo:
     icc = img.info.get('icc_profile')
     exif = None
     if img.info.get('exif'):  # JPEG APP1, PNG eXIf, WebP EXIF; TIFF's tags are the file's own
-        tags = img.getexif()
-        tags[ORIENTATION] = 1
-        exif = tags.tobytes()
+        try:
+            tags = img.getexif()
+            tags[ORIENTATION] = 1
+            exif = tags.tobytes()
+        except Exception:  # a damaged EXIF block: the pixels are still good, the tags dropped
+            exif = None
     mode, alpha = img.mode, None
     try:
         if mode == 'P' or mode == 'PA':
@@ -1905,8 +1910,17 @@ def cpu_has_bf16() -> bool:
     return re.search(r'\b(amx_bf16|avx512_bf16)\b', info) is not None
 
 
+def bf16_emulated_message() -> str:
+    """What --amp bf16 on a CPU without native bf16 is told (one line, naming the feature)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (f'--amp bf16: this CPU ({capability}) has neither AVX512-BF16 nor AMX-BF16 '
+            '(avx512_bf16 / amx_bf16 in /proc/cpuinfo), so bf16 is emulated and runs many times '
+            'slower than fp32; --amp auto picks fp32 here')
+
+
 def autocast_dtype(amp: str, device: torch.device):
-    """The autocast dtype for --amp on `device`, or None for fp32. Raises UsageError."""
+    """The autocast dtype for --amp on `device`, or None for fp32. Raises UsageError; warns
+    (one line) when bf16 is asked for on a CPU that only emulates it."""
     if amp == 'off':
         return None
     if amp == 'fp16':
@@ -1916,6 +1930,8 @@ def autocast_dtype(amp: str, device: torch.device):
     if amp == 'bf16':
         if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
             raise UsageError('--amp bf16: this GPU does not support bfloat16')
+        if device.type == 'cpu' and not cpu_has_bf16():
+            warn(bf16_emulated_message())
         return torch.bfloat16
     if device.type == 'cuda':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
