@@ -403,7 +403,10 @@ def atomic_write(path: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=suffix, dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=suffix, dir=folder)
+    except OSError as e:  # a read-only folder: name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), path) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

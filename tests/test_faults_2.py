@@ -440,3 +440,61 @@ def test_control_characters_in_file_names_are_escaped(weights, tmp_path, capsys)
     rc, _, err = run_main(test_image.main, ['--image', name, '--weight', weights], capsys)
     assert rc == 2 and err.count('\n') == 1 and '\x1b' not in err, repr(err)
     assert 'two\\nlines\\x1b[2J.png' in err
+
+
+# ---------------------------------------------------------------------------------------------
+# 16. output folders are checked before the model, and a failed write names the real file
+# ---------------------------------------------------------------------------------------------
+
+def test_video_out_dir_that_is_a_file_fails_before_the_model(weights, tmp_path, capsys,
+                                                             monkeypatch):
+    """16: test_video.py --out_dir FILE failed only after loading the model."""
+    import test_video
+    from test_test_video import make_video
+    clip, not_a_folder = tmp_path / 'c.mp4', tmp_path / 'file'
+    make_video(clip, n=2, audio=False)
+    not_a_folder.write_text('x')
+    monkeypatch.setattr(test_video, 'generator_from_flags',
+                        lambda *a: pytest.fail('model loaded'))
+    rc, _, err = run_main(test_video.main, ['--video', clip, '--weight', weights,
+                                            '--out_dir', not_a_folder], capsys)
+    assert rc == 2 and 'not a folder' in one_error(err)
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """Make `folder` read-only for this process, as it is for a user (root ignores modes)."""
+    real_access, real_mkstemp = os.access, utils.tempfile.mkstemp
+
+    def access(path, mode, *a, **k):
+        if Path(path).resolve() == folder.resolve() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *a, **k)
+
+    def mkstemp(*a, dir=None, **k):
+        if dir and Path(dir).resolve() == folder.resolve():
+            raise PermissionError(13, 'Permission denied', str(folder / '.tmp_x.json'))
+        return real_mkstemp(*a, dir=dir, **k)
+    monkeypatch.setattr(utils.os, 'access', access)
+    monkeypatch.setattr(utils.tempfile, 'mkstemp', mkstemp)
+
+
+def test_read_only_out_dir_is_a_usage_error_naming_the_folder(photo, tmp_path, capsys,
+                                                              monkeypatch):
+    """16: a read-only --out_dir gave exit 1 naming a temporary .tmp_*.json."""
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    read_only(monkeypatch, ro)
+    rc, _, err = run_main(get_img_crop.main, ['--image', photo, '--box', '0,0,8,8',
+                                              '--out_dir', ro], capsys)
+    line = one_error(err)
+    assert rc == 2 and str(ro) in line and '.tmp_' not in line, err
+
+
+def test_failed_write_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    """16: a write refused by the folder named the temporary file."""
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    read_only(monkeypatch, ro)
+    with pytest.raises(OSError) as e:
+        utils.atomic_write(str(ro / 'x.json'), lambda tmp: None)
+    assert e.value.filename == str(ro / 'x.json')
