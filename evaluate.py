@@ -186,7 +186,9 @@ def write_csv(rows: list, path: str) -> None:
     fields = ['dataset', 'method', 'image'] + [key for key, _, _ in columns(rows)]
 
     def write(tmp):
-        with open(tmp, 'w', newline='') as f:
+        # a file name that is not UTF-8 (kept by Python as surrogates) is written as the
+        # same bytes the file system holds
+        with open(tmp, 'w', newline='', encoding='utf-8', errors='surrogateescape') as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)

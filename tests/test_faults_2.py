@@ -498,3 +498,58 @@ def test_failed_write_names_the_file_not_its_temporary(tmp_path, monkeypatch):
     with pytest.raises(OSError) as e:
         utils.atomic_write(str(ro / 'x.json'), lambda tmp: None)
     assert e.value.filename == str(ro / 'x.json')
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. other tracebacks: a non-UTF-8 file name in --csv, --opset, a wrong-shaped --from_json
+# ---------------------------------------------------------------------------------------------
+
+def test_evaluate_csv_with_a_non_utf8_file_name(hr_dir, tmp_path, capsys):
+    """11: a file name that is not UTF-8 gave a UnicodeEncodeError and no CSV."""
+    folder = tmp_path / 'Set'
+    folder.mkdir()
+    name = os.fsencode(folder) + b'/caf\xe9.png'
+    with open(name, 'wb') as f:
+        f.write((hr_dir / '0.png').read_bytes())
+    out = tmp_path / 'm.csv'
+    rc, _, err = run_main(evaluate.main, ['--data', folder, '--metrics', 'psnr', '--csv', out],
+                          capsys)
+    assert rc == 0, err
+    assert b'caf\xe9.png' in out.read_bytes()
+
+
+@pytest.mark.parametrize('opset', [13, 17, 99])
+def test_export_onnx_refuses_opsets_it_cannot_write(weights, tmp_path, capsys, opset,
+                                                   monkeypatch):
+    """11: --opset 13 exited 0 after a traceback, claiming opset 13 for an opset-18 file."""
+    monkeypatch.setattr(export_onnx, 'generator_from_flags',
+                        lambda *a: pytest.fail('model loaded'))
+    rc, _, err = run_main(export_onnx.main, ['--weight', weights, '--opset', opset,
+                                             '--output', tmp_path / 'g.onnx'], capsys)
+    line = one_error(err)
+    assert rc == 2 and f'--opset {opset}' in line and 'opsets 18 to ' in line, err
+
+
+def test_export_onnx_checks_the_opset_it_wrote(weights, tmp_path, capsys, monkeypatch):
+    """11: an opset other than the one asked for is not written."""
+    monkeypatch.setattr(export_onnx, 'written_opset', lambda path: 13)
+    rc, _, err = run_main(export_onnx.main, ['--weight', weights, '--output',
+                                             tmp_path / 'g.onnx'], capsys)
+    assert rc == 1 and 'opset 13, not 18' in one_error(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('content', ['{"a": 1}', '[1, 2]', '[{"method": "HR", "niqe": 3}]',
+                                     '[{"method": "Bicubic", "psnr_y": "x", "niqe": 1}, '
+                                     '{"method": "HR", "niqe": 3}, '
+                                     '{"method": "blend", "strength": 0, "psnr_y": 1, "niqe": 1}]'])
+def test_plot_strength_wrong_shaped_json_names_the_file(tmp_path, capsys, content):
+    """11: --from_json with a wrong-shaped file crashed, without naming the file."""
+    import plot_strength
+    scores = tmp_path / 's.json'
+    scores.write_text(content)
+    rc, _, err = run_main(plot_strength.main, ['--from_json', scores, '--out',
+                                               tmp_path / 'p.png'], capsys)
+    line = one_error(err)
+    assert rc == 1 and str(scores) in line and 'not a scores file' in line, err
+    assert not (tmp_path / 'p.png').exists()
