@@ -264,17 +264,22 @@ def load_methods(args: argparse.Namespace, device: torch.device, amp_dtype) -> t
     all run through utils.super_resolve. The scale is --upscale_factor, else the first weights
     file's, else utils.DEFAULT_SCALE; every file must agree with it. CheckpointError."""
     scale = args.upscale_factor
+    asked = None  # where the scale came from, when not from --upscale_factor
     generators = {}
     for name, path in args.weight:
         if args.strength:
+            # the default SRResNet end is the one of the --weight file's own scale
             psnr_path = args.weight_psnr or utils.default_weight(
-                scale or utils.DEFAULT_SCALE, 'srresnet', '--weight_psnr')
-            blends = {f'{name}@{s:g}': utils.load_blend(psnr_path, path, s, scale, device)
-                      for s in args.strength}
+                scale or utils.load_generator(path).upscale_factor, 'srresnet', '--weight_psnr')
+            blends = {f'{name}@{s:g}': utils.load_blend(psnr_path, path, s, scale, device,
+                                                        asked) for s in args.strength}
         else:
-            blends = {name: utils.load_generator(path, scale, device)}
+            blends = {name: utils.load_generator(path, scale, device, asked)}
         generators.update(blends)
-        scale = scale or next(iter(blends.values())).upscale_factor
+        if scale is None:
+            scale = next(iter(blends.values())).upscale_factor
+            asked = (f'the first --weight ({path}) is x{scale}, and every --weight must have '
+                     'its scale (or give --upscale_factor)')
     scale = scale or utils.DEFAULT_SCALE
     methods = {'Bicubic': utils.bicubic_method(scale)}
     for label, generator in generators.items():

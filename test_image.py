@@ -38,7 +38,7 @@ from model import Generator
 from utils import (DEFAULT_SCALE, EXIT_FAILED, PRECISION_NAMES, ImageError, PhotoOptions,
                    add_flags, check_input, check_output_dir, check_pixels, default_weight, error,
                    find_images, generator_from_flags, inference_model, inference_setup,
-                   load_blend, number, process_image, script, set_max_megapixels)
+                   load_blend, load_generator, number, process_image, script, set_max_megapixels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,6 +95,8 @@ def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
         return generator_from_flags(args, device)
     scale = args.upscale_factor or DEFAULT_SCALE
     weight = args.weight.path if args.weight else default_weight(scale)
+    if args.weight and not args.upscale_factor:  # the SRResNet end of --weight's own scale
+        scale = load_generator(weight).upscale_factor
     psnr_weight = args.weight_psnr or default_weight(scale, 'srresnet', '--weight_psnr')
     return load_blend(psnr_weight, weight, args.strength, args.upscale_factor, device)
 

@@ -55,7 +55,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from model import Generator, fuse_batchnorm, load_state_file
+from model import Generator, fuse_batchnorm, load_failure, load_state_file
 
 
 # =============================================================================================
@@ -1485,8 +1485,7 @@ def load_checkpoint(path: str) -> dict:
             # unpickling it could run code, so it is refused rather than loaded
             raise CheckpointError(f'{path}: refused: the file holds pickled Python objects '
                                   f'(weights_only): {", ".join(unsafe[:3])}') from None
-        raise CheckpointError(f'{path}: not a PyTorch weights file, or corrupt or truncated '
-                              f'({type(e).__name__})') from None
+        raise CheckpointError(f'{path}: {load_failure(path, e)}') from None
     if not isinstance(state, dict):
         raise CheckpointError(f'{path}: expected a dict, got {type(state).__name__}')
     return state
@@ -1618,10 +1617,11 @@ def short_repr(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
-def load_generator(path: str, upscale_factor: int = None, device='cpu'):
+def load_generator(path: str, upscale_factor: int = None, device='cpu', asked: str = None):
     """Build the Generator a weights file describes and load it (float32, eval mode).
 
-    `upscale_factor`, when given, must agree with the file. Raises CheckpointError."""
+    `upscale_factor`, when given, must agree with the file; `asked` says where it came from
+    when not from --upscale_factor (another weights file). Raises CheckpointError."""
     sd, cfg = _generator_state(load_checkpoint(path))
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f'{path}: holds no generator state_dict')
@@ -1634,7 +1634,7 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     file_scale = settings['upscale_factor']
     if upscale_factor is not None and int(upscale_factor) != file_scale:
         raise CheckpointError(f'{path}: holds an x{file_scale} generator, but '
-                              f'--upscale_factor {upscale_factor} was asked for')
+                              f'{asked or f"--upscale_factor {upscale_factor} was asked for"}')
     try:
         g = Generator(file_scale, settings['num_blocks'], settings['channels'])
     except (TypeError, ValueError) as e:
@@ -1667,11 +1667,11 @@ def blend_generators(psnr_model: Generator, gan_model: Generator, strength: floa
 
 
 def load_blend(psnr_path: str, gan_path: str, strength: float, upscale_factor: int = None,
-               device='cpu') -> Generator:
+               device='cpu', asked: str = None) -> Generator:
     """blend_generators of two weights files; CheckpointError (one line) when either cannot
-    be loaded or their settings differ."""
-    psnr_model = load_generator(psnr_path, upscale_factor, device)
-    gan_model = load_generator(gan_path, upscale_factor, device)
+    be loaded or their settings differ (upscale_factor and asked: load_generator's)."""
+    psnr_model = load_generator(psnr_path, upscale_factor, device, asked)
+    gan_model = load_generator(gan_path, upscale_factor, device, asked)
     if psnr_model.config != gan_model.config:
         raise CheckpointError(f'{psnr_path} and {gan_path}: cannot blend generators of '
                               f'different settings ({psnr_model.config} and {gan_model.config})')

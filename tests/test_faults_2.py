@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -553,3 +554,46 @@ def test_plot_strength_wrong_shaped_json_names_the_file(tmp_path, capsys, conten
     line = one_error(err)
     assert rc == 1 and str(scores) in line and 'not a scores file' in line, err
     assert not (tmp_path / 'p.png').exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. clearer messages: old pickles, the scale nobody asked for, --vgg_weights
+# ---------------------------------------------------------------------------------------------
+
+def test_old_format_pickle_is_called_so_without_torch_warnings(tmp_path, capsys):
+    """14: a plain or old-format pickle was 'corrupt or truncated' after a 2-line UserWarning."""
+    import pickle
+    path = tmp_path / 'old.pth'
+    with open(path, 'wb') as f:
+        pickle.dump({'generator': {'head.0.weight': torch.zeros(1)}}, f, protocol=4)
+    image = tmp_path / 'a.png'
+    Image.fromarray(natural(32, 32)).save(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # a warning torch gave would fail the load here
+        rc, _, err = run_main(test_image.main, ['--image', image, '--weight', path], capsys)
+    line = one_error(err)
+    assert rc == 1 and str(path) in line and 'old-format (non-zip) pickle' in line, err
+
+
+def test_vgg_weights_error_names_the_file_and_cause(tmp_path):
+    """14: --vgg_weights errors showed torch's multi-line text without naming the cause."""
+    from model import FeatureExtractor, VGGWeightsError
+    path = tmp_path / 'vgg.pth'
+    torch.save(tiny(), path)  # a whole module: pickled Python objects
+    with pytest.raises(VGGWeightsError) as e:
+        FeatureExtractor(str(path))
+    text = str(e.value)
+    assert str(path) in text and 'model.Generator' in text and '\n' not in text, text
+
+
+def test_evaluate_scale_from_the_first_weight_is_not_called_a_flag(hr_dir, tmp_path, capsys):
+    """14: without --upscale_factor, a second file of another scale was said to disagree with
+    '--upscale_factor N was asked for'."""
+    x2 = tmp_path / 'x2.pth'
+    utils.save_weights(tiny(2), str(x2))
+    x4 = tmp_path / 'x4.pth'
+    utils.save_weights(tiny(4), str(x4))
+    rc, _, err = run_main(evaluate.main, ['--data', hr_dir, '--weight', f'A={x2}',
+                                          '--weight', f'B={x4}', '--metrics', 'psnr'], capsys)
+    line = one_error(err)
+    assert rc == 1 and '--upscale_factor 2 was asked' not in line and 'first --weight' in line
