@@ -295,6 +295,8 @@ def main(argv=None) -> int:
     # without autocast, cuDNN would still run convolutions in TF32; keep evaluation exact
     torch.backends.cudnn.allow_tf32 = amp_dtype is not None
     utils.set_max_megapixels(args.max_megapixels)
+    if args.weight_psnr and not args.strength:
+        utils.warn('--weight_psnr is used only with --strength; each --weight is scored alone')
     # Check every folder, weights file and output before any model is built, so a typo fails
     # at once; every problem is one line.
     problems = [utils.UsageError(f'{flag} {problem}')

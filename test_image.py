@@ -38,7 +38,8 @@ from model import Generator
 from utils import (DEFAULT_SCALE, EXIT_FAILED, PRECISION_NAMES, ImageError, PhotoOptions,
                    add_flags, check_input, check_output_dir, check_pixels, default_weight, error,
                    find_images, generator_from_flags, inference_model, inference_setup,
-                   load_blend, load_generator, number, process_image, script, set_max_megapixels)
+                   load_blend, load_generator, number, process_image, script, set_max_megapixels,
+                   warn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +107,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # everything that can be checked before the model is built (README.md, "Conventions")
     device, dtype = inference_setup(args)
+    if args.weight_psnr and args.strength is None:
+        warn('--weight_psnr is used only with --strength; running --weight alone')
     paths = input_files(args.image)
     check_output_dir(args.out_dir)
     generator = load_model(args, device)

@@ -1219,6 +1219,9 @@ def launch(args, run_fn) -> None:
         except mp.ProcessExitedException as e:
             raise TrainingError(f'DDP {e}; the other processes were stopped') from None
     elif args.dp:
+        if not args.cuda:
+            utils.warn('--dp splits batches over GPUs, and without --cuda there are none: '
+                       'training on the CPU as without --dp')
         run_fn(args, DataParallelRuntime(args))
     else:
         run_fn(args, Runtime(args))

@@ -105,6 +105,18 @@ def error(msg: str) -> None:
     print(f'error: {one_line(msg)}', file=sys.stderr, flush=True)
 
 
+def warn(msg: str) -> None:
+    """Say something the user should know that does not stop the work: one line on stderr."""
+    print(f'warning: {one_line(msg)}', file=sys.stderr, flush=True)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the scripts: a Python or PyTorch warning as one line
+    ('warning: TEXT (Category, file.py:N)'), without the source line Python prints under it."""
+    print(f'warning: {one_line(str(message).strip())} ({category.__name__}, '
+          f'{os.path.basename(filename)}:{lineno})', file=file or sys.stderr, flush=True)
+
+
 def exit_status(e: BaseException) -> int:
     """The exit status for `e`: its class's exit_status, EXIT_FAILED for anything else."""
     return getattr(e, 'exit_status', EXIT_FAILED)
@@ -125,8 +137,10 @@ def _terminated(signum, frame):
 def run_main(main: Callable, argv=None) -> int:
     """main(argv)'s exit status, with the contract applied: an SRError it raises becomes its
     one line on stderr and its exit_status, Ctrl-C (and SIGTERM) the line 'error: interrupted'
-    and 130, after the code it interrupted has removed its temporary files."""
-    handlers = {}
+    and 130, after the code it interrupted has removed its temporary files; warnings are shown
+    one line each (show_warning)."""
+    handlers, shown = {}, warnings.showwarning
+    warnings.showwarning = show_warning
     if threading.current_thread() is threading.main_thread():
         for signum, handler in ((signal.SIGINT, signal.default_int_handler),
                                 (signal.SIGTERM, _terminated)):
@@ -139,6 +153,7 @@ def run_main(main: Callable, argv=None) -> int:
     except KeyboardInterrupt:
         return fail(Interrupted('interrupted'))
     finally:
+        warnings.showwarning = shown
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
 

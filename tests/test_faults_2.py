@@ -597,3 +597,42 @@ def test_evaluate_scale_from_the_first_weight_is_not_called_a_flag(hr_dir, tmp_p
                                           '--weight', f'B={x4}', '--metrics', 'psnr'], capsys)
     line = one_error(err)
     assert rc == 1 and '--upscale_factor 2 was asked' not in line and 'first --weight' in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 17. flags that would be ignored are said; warnings are one line each
+# ---------------------------------------------------------------------------------------------
+
+def test_weight_psnr_without_strength_is_said(weights, photo, hr_dir, tmp_path, capsys):
+    """17: --weight_psnr without --strength was ignored silently."""
+    rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', weights,
+                                            '--weight_psnr', weights, '--out_dir', tmp_path],
+                          capsys)
+    assert rc == 0 and 'warning: --weight_psnr is used only with --strength' in err, err
+    rc, _, err = run_main(evaluate.main, ['--data', hr_dir, '--weight', weights,
+                                          '--weight_psnr', weights, '--metrics', 'psnr'], capsys)
+    assert rc == 0 and 'warning: --weight_psnr is used only with --strength' in err, err
+
+
+def test_dp_on_the_cpu_is_said(hr_dir, capsys):
+    """17: --dp without a GPU was ignored silently."""
+    args = train.get_args(['--trainset_dir', str(hr_dir), '--dp'])
+    ran = []
+    train.launch(args, lambda a, rt: ran.append(rt))
+    err = capsys.readouterr().err
+    assert ran and 'warning: --dp' in err and 'CPU' in err and err.count('\n') == 1
+
+
+def test_python_warnings_are_one_line_each(weights, photo, tmp_path, capsys, monkeypatch):
+    """17: UserWarnings printed their source line under them."""
+    real = utils.load_image
+
+    def noisy(path):
+        warnings.warn('something odd\nin two lines', UserWarning)
+        return real(path)
+    monkeypatch.setattr(utils, 'load_image', noisy)
+    rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', weights,
+                                            '--out_dir', tmp_path], capsys)
+    said = [line for line in err.splitlines() if 'something odd' in line]
+    assert rc == 0 and len(said) == 1 and 'warnings.warn' not in err, err
+    assert said[0].startswith('warning: something odd\\nin two lines (UserWarning, ')
