@@ -636,3 +636,21 @@ def test_python_warnings_are_one_line_each(weights, photo, tmp_path, capsys, mon
     said = [line for line in err.splitlines() if 'something odd' in line]
     assert rc == 0 and len(said) == 1 and 'warnings.warn' not in err, err
     assert said[0].startswith('warning: something odd\\nin two lines (UserWarning, ')
+
+
+def test_video_out_of_memory_names_the_video(weights, tmp_path, capsys, monkeypatch):
+    """8: in test_video.py, out of CPU memory is one line naming the video."""
+    import test_video
+    from test_test_video import make_video
+    clip = tmp_path / 'c.mp4'
+    make_video(clip, n=2, audio=False)
+
+    def forward(*a, **k):
+        raise RuntimeError(CPU_OOM)
+    monkeypatch.setattr(utils, 'tiled_forward', forward)
+    out = tmp_path / 'out'
+    rc, _, err = run_main(test_video.main, ['--video', clip, '--weight', weights, '--out_dir',
+                                            out], capsys)
+    line = one_error(err)
+    assert rc == 1 and str(clip) in line and 'out of memory' in line and '--tile' in line
+    assert list(out.iterdir()) == []
