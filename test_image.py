@@ -36,10 +36,10 @@ import torch
 
 from model import Generator
 from utils import (DEFAULT_SCALE, EXIT_FAILED, PRECISION_NAMES, ImageError, PhotoOptions,
-                   add_flags, check_input, check_output_dir, check_pixels, default_weight, error,
-                   find_images, generator_from_flags, inference_model, inference_setup,
-                   load_blend, load_generator, number, process_image, script, set_max_megapixels,
-                   warn)
+                   add_flags, check_input, check_output_dir, check_outputs, check_pixels,
+                   default_weight, error, find_images, generator_from_flags, inference_model,
+                   inference_setup, load_blend, load_generator, number, photo_outputs,
+                   process_image, script, set_max_megapixels, warn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +111,9 @@ def main(argv=None) -> int:
         warn('--weight_psnr is used only with --strength; running --weight alone')
     paths = input_files(args.image)
     check_output_dir(args.out_dir)
+    check_outputs([(f'an output for {p}', out) for p in paths
+                   for out in photo_outputs(p, args.out_dir, args.downsample == 'bicubic')],
+                  [('--image', p) for p in paths])
     generator = load_model(args, device)
     cfg = generator.config
     # every input is checked from its header (size included) before anything is decoded

@@ -2205,6 +2205,15 @@ def output_name(prefix: str, name: str) -> str:
     return output_format(prefix + name)[0]
 
 
+def photo_outputs(path: str, out_dir: str, downsample: bool = False) -> list:
+    """The files process_image writes for the image at `path`: out_dir/STEM/sr_NAME,
+    bicubic_NAME, lr_NAME (and hr_NAME with downsample); for utils.check_outputs."""
+    name = os.path.basename(path)
+    folder = os.path.join(out_dir, os.path.splitext(name)[0])
+    prefixes = ['sr_', 'bicubic_', 'lr_'] + (['hr_'] if downsample else [])
+    return [os.path.join(folder, output_name(prefix, name)) for prefix in prefixes]
+
+
 def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions) -> dict:
     """Super-resolve one file and write its outputs; returns what to report.
 

@@ -654,3 +654,17 @@ def test_video_out_of_memory_names_the_video(weights, tmp_path, capsys, monkeypa
     line = one_error(err)
     assert rc == 1 and str(clip) in line and 'out of memory' in line and '--tile' in line
     assert list(out.iterdir()) == []
+
+
+def test_test_image_refuses_to_overwrite_an_input(weights, photo, tmp_path, capsys):
+    """2: test_image.py could write sr_NAME over an input of the same run."""
+    folder = tmp_path / 'a'
+    folder.mkdir()
+    (folder / 'a.png').write_bytes(photo.read_bytes())
+    (folder / 'sr_a.png').write_bytes(photo.read_bytes())
+    before = (folder / 'sr_a.png').read_bytes()
+    rc, _, err = run_main(test_image.main, ['--image', folder, '--weight', weights,
+                                            '--out_dir', tmp_path], capsys)
+    line = one_error(err)
+    assert rc == 2 and 'sr_a.png' in line and 'refusing to overwrite' in line, err
+    assert (folder / 'sr_a.png').read_bytes() == before
