@@ -1343,6 +1343,17 @@ def _extract_task(task: tuple) -> dict:
     return extract_subimages(*task)
 
 
+def _worker_stop(signum, frame):
+    sys.exit(EXIT_INTERRUPTED)  # SystemExit: atomic_write removes its temporary file, quietly
+
+
+def _quiet_worker() -> None:
+    """A preparation worker leaves Ctrl-C to the main process, which stops it with SIGTERM
+    (Pool.terminate): the worker removes its temporary file and ends without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_stop)
+
+
 def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, step: int = 240,
                       thresh_size: int = 0, workers: int = None, compress_level: int = 6,
                       progress: bool = True) -> dict:
@@ -1371,9 +1382,7 @@ def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, ste
                    else os.cpu_count() or 1)
     workers = max(1, min(workers, len(tasks)))
     bar = tqdm(total=len(tasks), unit='img', disable=not progress, desc='sub-images')
-    # the workers leave Ctrl-C to this process, which stops them (no traceback from each)
-    pool = multiprocessing.Pool(workers, initializer=signal.signal,
-                                initargs=(signal.SIGINT, signal.SIG_IGN)) if workers > 1 else None
+    pool = multiprocessing.Pool(workers, initializer=_quiet_worker) if workers > 1 else None
     try:
         results = pool.imap_unordered(_extract_task, tasks) if pool else map(_extract_task, tasks)
         for r in results:

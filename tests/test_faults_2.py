@@ -668,3 +668,26 @@ def test_test_image_refuses_to_overwrite_an_input(weights, photo, tmp_path, caps
     line = one_error(err)
     assert rc == 2 and 'sr_a.png' in line and 'refusing to overwrite' in line, err
     assert (folder / 'sr_a.png').read_bytes() == before
+
+
+def test_ctrl_c_in_preparation_stops_the_workers_quietly(tmp_path):
+    """9: Ctrl-C during `python utils.py` printed a traceback from every worker, and killed
+    workers left .tmp_* files."""
+    rng = np.random.default_rng(0)
+    src, out = tmp_path / 'hr', tmp_path / 'sub'
+    src.mkdir()
+    for i in range(12):  # noise: slow to compress, so the run is still going when stopped
+        Image.fromarray(rng.integers(0, 256, (1200, 1200, 3), dtype=np.uint8)).save(
+            src / f'{i}.png', compress_level=0)
+    p = subprocess.Popen([sys.executable, 'utils.py', '--input', src, '--output', out,
+                          '--workers', '2'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not (out.is_dir() and any(out.glob('*.png'))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and 'Traceback' not in err, err
+    assert [line for line in err.splitlines() if 'error' in line] == ['error: interrupted']
+    assert not list(out.glob('.tmp_*'))
