@@ -1498,8 +1498,9 @@ def load_checkpoint(path: str) -> dict:
     (CheckpointPathError when there is no file at `path`)."""
     if os.path.isdir(path):
         raise CheckpointPathError(f'{path}: is a folder, not a weights or checkpoint file')
-    if not os.path.isfile(path):
-        raise CheckpointPathError(f'{path}: file not found')
+    problem = path_problem(path)  # a FIFO would hang torch.load
+    if problem:
+        raise CheckpointPathError(f'{path}: {problem}')
     try:
         state = load_state_file(path)
     except Exception as e:

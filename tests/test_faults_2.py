@@ -691,3 +691,12 @@ def test_ctrl_c_in_preparation_stops_the_workers_quietly(tmp_path):
     assert p.returncode == 130 and 'Traceback' not in err, err
     assert [line for line in err.splitlines() if 'error' in line] == ['error: interrupted']
     assert not list(out.glob('.tmp_*'))
+
+
+def test_fifo_as_weights_is_named_by_kind(photo, tmp_path, capsys):
+    """10, 15: a FIFO as --weight was 'file not found' (and torch.load would wait on it)."""
+    fifo = tmp_path / 'w.pth'
+    os.mkfifo(fifo)
+    rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', fifo, '--out_dir',
+                                            tmp_path / 'out'], capsys)
+    assert rc == 2 and 'not a regular file: FIFO' in one_error(err)
