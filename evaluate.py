@@ -195,7 +195,9 @@ def write_csv(rows: list, path: str) -> None:
     fields = ['dataset', 'method', 'image'] + [key for key, _, _ in columns(rows)]
 
     def write(tmp):
-        with open(tmp, 'w', newline='') as f:
+        # a file name that is not UTF-8 (kept by Python as surrogates) is written as the
+        # same bytes the file system holds
+        with open(tmp, 'w', newline='', encoding='utf-8', errors='surrogateescape') as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
@@ -278,17 +280,22 @@ def load_methods(args: argparse.Namespace, device: torch.device, amp_dtype) -> t
     self-ensemble, utils.ensemble_resolve). The scale is --upscale_factor, else the first weights
     file's, else utils.DEFAULT_SCALE; every file must agree with it. CheckpointError."""
     scale = args.upscale_factor
+    asked = None  # where the scale came from, when not from --upscale_factor
     generators = {}
     for name, path in args.weight:
         if args.strength:
+            # the default SRResNet end is the one of the --weight file's own scale
             psnr_path = args.weight_psnr or utils.default_weight(
-                scale or utils.DEFAULT_SCALE, 'srresnet', '--weight_psnr')
-            blends = {f'{name}@{s:g}': utils.load_blend(psnr_path, path, s, scale, device)
-                      for s in args.strength}
+                scale or utils.load_generator(path).upscale_factor, 'srresnet', '--weight_psnr')
+            blends = {f'{name}@{s:g}': utils.load_blend(psnr_path, path, s, scale, device,
+                                                        asked) for s in args.strength}
         else:
-            blends = {name: utils.load_generator(path, scale, device)}
+            blends = {name: utils.load_generator(path, scale, device, asked)}
         generators.update(blends)
-        scale = scale or next(iter(blends.values())).upscale_factor
+        if scale is None:
+            scale = next(iter(blends.values())).upscale_factor
+            asked = (f'the first --weight ({path}) is x{scale}, and every --weight must have '
+                     'its scale (or give --upscale_factor)')
     scale = scale or utils.DEFAULT_SCALE
     methods = {'Bicubic': utils.bicubic_method(scale)}
     for label, generator in generators.items():
@@ -308,6 +315,8 @@ def main(argv=None) -> int:
     # without autocast, cuDNN would still run convolutions in TF32; keep evaluation exact
     torch.backends.cudnn.allow_tf32 = amp_dtype is not None
     utils.set_max_megapixels(args.max_megapixels)
+    if args.weight_psnr and not args.strength:
+        utils.warn('--weight_psnr is used only with --strength; each --weight is scored alone')
     # Check every folder, weights file and output before any model is built, so a typo fails
     # at once; every problem is one line.
     problems = [utils.UsageError(f'{flag} {problem}')

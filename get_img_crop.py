@@ -34,9 +34,9 @@ if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run
 from PIL import Image, ImageColor
 
 from utils import (EXIT_FAILED, PALETTE, CropError, Default, ImageError, UsageError, add_flags,
-                   annotate, atomic_write, check_box, check_input, check_outputs, check_pixels,
-                   comparison, default_colors, error, framed_patch, parse_box, read_rgb,
-                   scale_box, script, set_max_megapixels)
+                   annotate, atomic_write, check_box, check_input, check_output_dir,
+                   check_outputs, check_pixels, comparison, default_colors, error, framed_patch,
+                   parse_box, read_rgb, scale_box, script, set_max_megapixels)
 from utils import save_pil as save  # the format from the extension (else PNG), atomically
 
 WINDOW_TITLE = 'get_img_crop: select boxes'
@@ -293,6 +293,8 @@ def main(argv=None) -> int:
         raise UsageError('give either --coords or --box, not both')
     for path in args.image + ([args.coords] if args.coords else []):
         check_input(path)
+    if args.out_dir:  # before any image is read (README.md, "Conventions")
+        check_output_dir(args.out_dir)
     inputs = [('--image', p) for p in args.image] + [('--coords', args.coords)]
     if args.box:  # with --coords or a selection, once the boxes are known
         check_outputs(crop_outputs(args, len(args.box)), inputs)

@@ -6,8 +6,11 @@ Network" (CVPR 2017), Figure 4. Every network takes RGB tensors in [0, 1], NCHW.
 import copy
 import math
 import os
+import pickle
+import re
 import socket
 import warnings
+import zipfile
 
 import torch
 from torch import nn
@@ -136,7 +139,32 @@ def load_state_file(path: str):
     one torch.load. Tensors and plain containers only; a file holding other pickled Python
     objects raises instead of running their code. utils.load_checkpoint adds the one-line
     messages."""
-    return torch.load(path, map_location='cpu', weights_only=True)
+    with warnings.catch_warnings():  # torch's notices about the pickle protocol of old files
+        warnings.simplefilter('ignore', UserWarning)
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def load_failure(path: str, e: Exception) -> str:
+    """Why load_state_file(path) raised `e`, in a few words for a one-line message: the
+    Python objects weights_only refused, an old-format (non-zip) pickle it cannot read, or a
+    file that is no torch.save file (corrupt, truncated, something else)."""
+    refused = sorted(set(re.findall(r'Unsupported global: GLOBAL ([\w.]+)', str(e))))
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(2)
+    except OSError:
+        head = b''
+    old = not zipfile.is_zipfile(path) and head[:1] == b'\x80'  # a pickle, not a zip
+    what = 'an old-format (non-zip) pickle' if old else 'a file'
+    if refused:
+        return (f'refused: {what} holding pickled Python objects (weights_only): '
+                f'{", ".join(refused[:3])}')
+    if old and isinstance(e, pickle.UnpicklingError):
+        return (f'{what} that safe loading (weights_only) cannot read; save the weights again '
+                'with torch.save from a copy you trust')
+    if old:
+        return f'{what}, corrupt or truncated ({type(e).__name__})'
+    return f'not a PyTorch weights file, or corrupt or truncated ({type(e).__name__})'
 
 
 class VGGWeightsError(RuntimeError):
@@ -165,7 +193,8 @@ def _vgg19_state_dict(weights: str) -> dict:
     try:
         state = load_state_file(weights)
     except Exception as e:
-        raise VGGWeightsError(f'{weights}: not a readable VGG19 weights file ({e})') from None
+        raise VGGWeightsError(f'{weights}: not a readable VGG19 weights file: '
+                              f'{load_failure(weights, e)}') from None
     if not isinstance(state, dict):
         raise VGGWeightsError(f'{weights}: expected a VGG19 state_dict, got {type(state).__name__}')
     return state

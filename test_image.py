@@ -42,9 +42,10 @@ import torch
 from model import Generator
 from utils import (DEFAULT_SCALE, EXIT_FAILED, EXTENSIONS, PRECISION_NAMES, ImageError,
                    PhotoOptions, UsageError, add_flags, check_input, check_output_dir,
-                   check_pixels, default_weight, error, find_images, generator_from_flags,
-                   header_bits, inference_model, inference_setup, load_blend, number,
-                   photo_output_name, process_image, script, set_max_megapixels, warn)
+                   check_outputs, check_pixels, default_weight, error, find_images,
+                   generator_from_flags, header_bits, inference_model, inference_setup,
+                   load_blend, load_generator, number, photo_output_name, photo_outputs,
+                   process_image, script, set_max_megapixels, warn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +114,8 @@ def load_model(args: argparse.Namespace, device: torch.device) -> Generator:
         return generator_from_flags(args, device)
     scale = args.upscale_factor or DEFAULT_SCALE
     weight = args.weight.path if args.weight else default_weight(scale)
+    if args.weight and not args.upscale_factor:  # the SRResNet end of --weight's own scale
+        scale = load_generator(weight).upscale_factor
     psnr_weight = args.weight_psnr or default_weight(scale, 'srresnet', '--weight_psnr')
     return load_blend(psnr_weight, weight, args.strength, args.upscale_factor, device)
 
@@ -125,10 +128,16 @@ def main(argv=None) -> int:
         raise UsageError('--outscale does not go with --downsample bicubic (the metrics compare '
                          "at the network's scale)")
     device, dtype = inference_setup(args)
+    if args.weight_psnr and args.strength is None:
+        warn('--weight_psnr is used only with --strength; running --weight alone')
     paths = input_files(args.image)
     for path in paths:  # an --ext that cannot hold a 16-bit input: exit 2 before any work
         photo_output_name('sr_', os.path.basename(path), args.ext, header_bits(path))
     check_output_dir(args.out_dir)
+    check_outputs([(f'an output for {p}', out) for p in paths
+                   for out in photo_outputs(p, args.out_dir, args.downsample == 'bicubic',
+                                            args.ext, header_bits(p))],
+                  [('--image', p) for p in paths])
     generator = load_model(args, device)
     cfg = generator.config
     # every input is checked from its header (size included) before anything is decoded

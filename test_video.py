@@ -40,8 +40,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from utils import (PRECISION_NAMES, TILE_OVERLAP, Default, Interrupted, SRError, UsageError,
-                   add_flags, atomic_write, check_input, check_output_dir, frames_per_pass,
+from utils import (PRECISION_NAMES, TILE_OVERLAP, Default, InferenceError, Interrupted, SRError,
+                   UsageError, add_flags, atomic_write, check_input, check_output_dir,
+                   frames_per_pass,
                    generator_from_flags, imresize, inference_model, inference_setup,
                    outscale_size, plan_tile, require, resolve, script, to_uint8)
 
@@ -524,6 +525,8 @@ def main(argv=None) -> int:
         result = process_video(args.video, model, opts)
     except torch.OutOfMemoryError:
         raise VideoError(f'{args.video}: out of memory; try a smaller --tile') from None
+    except InferenceError as e:  # out of memory after a smaller tile, an output not finite
+        raise VideoError(f'{args.video}: {e}') from None
     except KeyboardInterrupt:
         raise Interrupted(f'{args.video}: interrupted; no output written') from None
     report(result)

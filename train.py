@@ -1437,6 +1437,9 @@ def launch(args, run_fn) -> None:
                 p.join(60)
             raise
     elif args.dp:
+        if not args.cuda:
+            utils.warn('--dp splits batches over GPUs, and without --cuda there are none: '
+                       'training on the CPU as without --dp')
         run_fn(args, DataParallelRuntime(args))
     else:
         run_fn(args, Runtime(args))

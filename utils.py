@@ -57,7 +57,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from model import Generator, fuse_batchnorm, load_state_file
+from model import Generator, fuse_batchnorm, load_failure, load_state_file
 
 
 # =============================================================================================
@@ -108,9 +108,15 @@ def error(msg: str) -> None:
 
 
 def warn(msg: str) -> None:
-    """Report something the user should know that does not stop the work: one line on
-    stderr."""
-    print(f'warning: {msg}', file=sys.stderr, flush=True)
+    """Say something the user should know that does not stop the work: one line on stderr."""
+    print(f'warning: {one_line(msg)}', file=sys.stderr, flush=True)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the scripts: a Python or PyTorch warning as one line
+    ('warning: TEXT (Category, file.py:N)'), without the source line Python prints under it."""
+    print(f'warning: {one_line(str(message).strip())} ({category.__name__}, '
+          f'{os.path.basename(filename)}:{lineno})', file=file or sys.stderr, flush=True)
 
 
 def exit_status(e: BaseException) -> int:
@@ -133,8 +139,10 @@ def _terminated(signum, frame):
 def run_main(main: Callable, argv=None) -> int:
     """main(argv)'s exit status, with the contract applied: an SRError it raises becomes its
     one line on stderr and its exit_status, Ctrl-C (and SIGTERM) the line 'error: interrupted'
-    and 130, after the code it interrupted has removed its temporary files."""
-    handlers = {}
+    and 130, after the code it interrupted has removed its temporary files; warnings are shown
+    one line each (show_warning)."""
+    handlers, shown = {}, warnings.showwarning
+    warnings.showwarning = show_warning
     if threading.current_thread() is threading.main_thread():
         for signum, handler in ((signal.SIGINT, signal.default_int_handler),
                                 (signal.SIGTERM, _terminated)):
@@ -147,6 +155,7 @@ def run_main(main: Callable, argv=None) -> int:
     except KeyboardInterrupt:
         return fail(Interrupted('interrupted'))
     finally:
+        warnings.showwarning = shown
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
 
@@ -412,7 +421,10 @@ def atomic_write(path: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=suffix, dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=suffix, dir=folder)
+    except OSError as e:  # a read-only folder: name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), path) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -1515,6 +1527,17 @@ def _extract_task(task: tuple) -> dict:
     return extract_subimages(*task)
 
 
+def _worker_stop(signum, frame):
+    sys.exit(EXIT_INTERRUPTED)  # SystemExit: atomic_write removes its temporary file, quietly
+
+
+def _quiet_worker() -> None:
+    """A preparation worker leaves Ctrl-C to the main process, which stops it with SIGTERM
+    (Pool.terminate): the worker removes its temporary file and ends without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_stop)
+
+
 def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, step: int = 240,
                       thresh_size: int = 0, workers: int = None, compress_level: int = 6,
                       progress: bool = True) -> dict:
@@ -1543,9 +1566,7 @@ def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, ste
                    else os.cpu_count() or 1)
     workers = max(1, min(workers, len(tasks)))
     bar = tqdm(total=len(tasks), unit='img', disable=not progress, desc='sub-images')
-    # the workers leave Ctrl-C to this process, which stops them (no traceback from each)
-    pool = multiprocessing.Pool(workers, initializer=signal.signal,
-                                initargs=(signal.SIGINT, signal.SIG_IGN)) if workers > 1 else None
+    pool = multiprocessing.Pool(workers, initializer=_quiet_worker) if workers > 1 else None
     try:
         results = pool.imap_unordered(_extract_task, tasks) if pool else map(_extract_task, tasks)
         for r in results:
@@ -1661,8 +1682,9 @@ def load_checkpoint(path: str) -> dict:
     (CheckpointPathError when there is no file at `path`)."""
     if os.path.isdir(path):
         raise CheckpointPathError(f'{path}: is a folder, not a weights or checkpoint file')
-    if not os.path.isfile(path):
-        raise CheckpointPathError(f'{path}: file not found')
+    problem = path_problem(path)  # a FIFO would hang torch.load
+    if problem:
+        raise CheckpointPathError(f'{path}: {problem}')
     try:
         state = load_state_file(path)
     except Exception as e:
@@ -1672,8 +1694,7 @@ def load_checkpoint(path: str) -> dict:
             # unpickling it could run code, so it is refused rather than loaded
             raise CheckpointError(f'{path}: refused: the file holds pickled Python objects '
                                   f'(weights_only): {", ".join(unsafe[:3])}') from None
-        raise CheckpointError(f'{path}: not a PyTorch weights file, or corrupt or truncated '
-                              f'({type(e).__name__})') from None
+        raise CheckpointError(f'{path}: {load_failure(path, e)}') from None
     if not isinstance(state, dict):
         raise CheckpointError(f'{path}: expected a dict, got {type(state).__name__}')
     return state
@@ -1805,10 +1826,11 @@ def short_repr(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
-def load_generator(path: str, upscale_factor: int = None, device='cpu'):
+def load_generator(path: str, upscale_factor: int = None, device='cpu', asked: str = None):
     """Build the Generator a weights file describes and load it (float32, eval mode).
 
-    `upscale_factor`, when given, must agree with the file. Raises CheckpointError."""
+    `upscale_factor`, when given, must agree with the file; `asked` says where it came from
+    when not from --upscale_factor (another weights file). Raises CheckpointError."""
     sd, cfg = _generator_state(load_checkpoint(path))
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f'{path}: holds no generator state_dict')
@@ -1821,7 +1843,7 @@ def load_generator(path: str, upscale_factor: int = None, device='cpu'):
     file_scale = settings['upscale_factor']
     if upscale_factor is not None and int(upscale_factor) != file_scale:
         raise CheckpointError(f'{path}: holds an x{file_scale} generator, but '
-                              f'--upscale_factor {upscale_factor} was asked for')
+                              f'{asked or f"--upscale_factor {upscale_factor} was asked for"}')
     try:
         g = Generator(file_scale, settings['num_blocks'], settings['channels'])
     except (TypeError, ValueError) as e:
@@ -1854,11 +1876,11 @@ def blend_generators(psnr_model: Generator, gan_model: Generator, strength: floa
 
 
 def load_blend(psnr_path: str, gan_path: str, strength: float, upscale_factor: int = None,
-               device='cpu') -> Generator:
+               device='cpu', asked: str = None) -> Generator:
     """blend_generators of two weights files; CheckpointError (one line) when either cannot
-    be loaded or their settings differ."""
-    psnr_model = load_generator(psnr_path, upscale_factor, device)
-    gan_model = load_generator(gan_path, upscale_factor, device)
+    be loaded or their settings differ (upscale_factor and asked: load_generator's)."""
+    psnr_model = load_generator(psnr_path, upscale_factor, device, asked)
+    gan_model = load_generator(gan_path, upscale_factor, device, asked)
     if psnr_model.config != gan_model.config:
         raise CheckpointError(f'{psnr_path} and {gan_path}: cannot blend generators of '
                               f'different settings ({psnr_model.config} and {gan_model.config})')
@@ -2454,6 +2476,18 @@ def output_name(prefix: str, name: str) -> str:
 
 # --ext values -> the extension written
 EXTENSIONS = {'png': '.png', 'jpg': '.jpg', 'webp': '.webp', 'tif': '.tif'}
+
+
+def photo_outputs(path: str, out_dir: str, downsample: bool = False, ext: str = 'auto',
+                  bits: int = 8) -> list:
+    """The files process_image writes for the image at `path`: out_dir/STEM/sr_NAME,
+    bicubic_NAME, lr_NAME (and hr_NAME with downsample), named by photo_output_name; for
+    utils.check_outputs."""
+    name = os.path.basename(path)
+    folder = os.path.join(out_dir, os.path.splitext(name)[0])
+    prefixes = ['sr_', 'bicubic_', 'lr_'] + (['hr_'] if downsample else [])
+    return [os.path.join(folder, photo_output_name(prefix, name, ext, bits))
+            for prefix in prefixes]
 
 
 def photo_output_name(prefix: str, name: str, ext: str = 'auto', bits: int = 8) -> str:

@@ -46,6 +46,25 @@ FP16_TOLERANCE = 1 / 255
 EXPORT_SHAPE = (2, 3, 64, 64)  # the example the graph is traced with (batch 2: see to_onnx)
 CHECK_SHAPE = (1, 3, 45, 71)   # the self-check: another batch size, odd sides, not square
 OPSET = 18  # the lowest the torch.export-based exporter writes; onnxruntime >= 1.14 runs it
+# Lower opsets go through ONNX's version converter, which fails for some operators and then
+# leaves an opset-18 file (asked for 13, it wrote 18 with exit 0): refused. The highest is the
+# newest the installed onnx package defines (28 for onnx 1.23; 18 to 25 measured to export and
+# pass the check with onnxruntime 1.32).
+
+
+def opset_problem(opset: int, newest: int) -> str:
+    """Why --opset cannot be exported, or ''."""
+    if OPSET <= opset <= newest:
+        return ''
+    return (f'--opset {opset}: the exporter writes opsets {OPSET} to {newest} (lower ones need '
+            'a version conversion that fails for some operators); choose one of them')
+
+
+def written_opset(path: str) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+    model = onnx.load(path, load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
 
 
 class ExportError(SRError):
@@ -119,6 +138,9 @@ def export(generator: nn.Module, output: str, opset: int = OPSET, fp16: bool = F
             raise ExportError(f'{output}: export failed ({type(e).__name__}: {detail})') \
                 from None
         result['seconds'] = time.perf_counter() - start
+        if written_opset(tmp) != opset:
+            raise ExportError(f'{output}: not written, the exporter wrote opset '
+                              f'{written_opset(tmp)}, not {opset}')
         try:
             result['diff'] = check(tmp, generator, FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
         except ExportError as e:
@@ -135,7 +157,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_flags(p, 'weight', 'upscale_factor')
     p.add_argument('--output', required=True, help='the .onnx file to write')
     p.add_argument('--opset', type=int, default=OPSET,
-                   help=f'ONNX opset (default: {OPSET})')
+                   help=f'ONNX opset, {OPSET} up to the newest the onnx package defines '
+                        f'(default: {OPSET})')
     p.add_argument('--fp16', action='store_true',
                    help='float16 weights and activations, float32 input and output '
                         '(default: float32 throughout)')
@@ -150,6 +173,10 @@ def main(argv=None) -> int:
         raise UsageError(f'--output {problem}')
     for module in ('onnx', 'onnxscript', 'onnxruntime'):  # export: the first two; check: the third
         require(module, 'scripts/export_onnx.py')
+    import onnx
+    problem = opset_problem(args.opset, onnx.defs.onnx_opset_version())
+    if problem:
+        raise UsageError(problem)
     generator = generator_from_flags(args, torch.device('cpu'))
     try:
         r = export(generator, args.output, args.opset, args.fp16)

@@ -13,6 +13,7 @@ Drawn with Pillow only.
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -182,6 +183,36 @@ def draw(rows: list, title: str, path: str, size: tuple = (900, 620)) -> tuple:
     return placed, segments, frame
 
 
+def check_scores(rows, path: str) -> list:
+    """`rows` when they have the shape score() gives (one Bicubic and one HR row, at least one
+    blend, the numbers each needs); SRError naming `path` and the first problem otherwise."""
+    def number(row: dict, key: str) -> bool:
+        value = row.get(key)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+
+    def problem() -> str:
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return 'expected a list of score rows (objects), as --json writes'
+        methods = [r.get('method') for r in rows]
+        for needed in ('Bicubic', 'HR'):
+            if methods.count(needed) != 1:
+                return f'expected one {needed} row, found {methods.count(needed)}'
+        if 'blend' not in methods or set(methods) - {'Bicubic', 'HR', 'blend'}:
+            return "expected rows of method 'blend', 'Bicubic' and 'HR'"
+        for i, r in enumerate(rows):
+            keys = ['niqe'] + (['psnr_y'] if r['method'] != 'HR' else []) + (
+                ['strength'] if r['method'] == 'blend' else [])
+            bad = [k for k in keys if not number(r, k)]
+            if bad:
+                return f'row {i} ({r["method"]}): {bad[0]} is not a number'
+        return ''
+    why = problem()
+    if why:
+        raise utils.SRError(f'{path}: not a scores file ({why})')
+    return rows
+
+
 def write_json(rows: list, path: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, 'w') as f:
@@ -223,6 +254,7 @@ def main(argv=None) -> int:
                 rows = json.load(f)
         except (OSError, ValueError) as e:
             raise utils.SRError(f'{args.from_json}: not a scores file ({e})') from None
+        check_scores(rows, args.from_json)
         scale = args.upscale_factor or utils.DEFAULT_SCALE
     else:
         utils.inference_setup(args)  # --tile against --tile_overlap

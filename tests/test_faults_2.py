@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -440,3 +441,262 @@ def test_control_characters_in_file_names_are_escaped(weights, tmp_path, capsys)
     rc, _, err = run_main(test_image.main, ['--image', name, '--weight', weights], capsys)
     assert rc == 2 and err.count('\n') == 1 and '\x1b' not in err, repr(err)
     assert 'two\\nlines\\x1b[2J.png' in err
+
+
+# ---------------------------------------------------------------------------------------------
+# 16. output folders are checked before the model, and a failed write names the real file
+# ---------------------------------------------------------------------------------------------
+
+def test_video_out_dir_that_is_a_file_fails_before_the_model(weights, tmp_path, capsys,
+                                                             monkeypatch):
+    """16: test_video.py --out_dir FILE failed only after loading the model."""
+    import test_video
+    from test_test_video import make_video
+    clip, not_a_folder = tmp_path / 'c.mp4', tmp_path / 'file'
+    make_video(clip, n=2, audio=False)
+    not_a_folder.write_text('x')
+    monkeypatch.setattr(test_video, 'generator_from_flags',
+                        lambda *a: pytest.fail('model loaded'))
+    rc, _, err = run_main(test_video.main, ['--video', clip, '--weight', weights,
+                                            '--out_dir', not_a_folder], capsys)
+    assert rc == 2 and 'not a folder' in one_error(err)
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """Make `folder` read-only for this process, as it is for a user (root ignores modes)."""
+    real_access, real_mkstemp = os.access, utils.tempfile.mkstemp
+
+    def access(path, mode, *a, **k):
+        if Path(path).resolve() == folder.resolve() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *a, **k)
+
+    def mkstemp(*a, dir=None, **k):
+        if dir and Path(dir).resolve() == folder.resolve():
+            raise PermissionError(13, 'Permission denied', str(folder / '.tmp_x.json'))
+        return real_mkstemp(*a, dir=dir, **k)
+    monkeypatch.setattr(utils.os, 'access', access)
+    monkeypatch.setattr(utils.tempfile, 'mkstemp', mkstemp)
+
+
+def test_read_only_out_dir_is_a_usage_error_naming_the_folder(photo, tmp_path, capsys,
+                                                              monkeypatch):
+    """16: a read-only --out_dir gave exit 1 naming a temporary .tmp_*.json."""
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    read_only(monkeypatch, ro)
+    rc, _, err = run_main(get_img_crop.main, ['--image', photo, '--box', '0,0,8,8',
+                                              '--out_dir', ro], capsys)
+    line = one_error(err)
+    assert rc == 2 and str(ro) in line and '.tmp_' not in line, err
+
+
+def test_failed_write_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    """16: a write refused by the folder named the temporary file."""
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    read_only(monkeypatch, ro)
+    with pytest.raises(OSError) as e:
+        utils.atomic_write(str(ro / 'x.json'), lambda tmp: None)
+    assert e.value.filename == str(ro / 'x.json')
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. other tracebacks: a non-UTF-8 file name in --csv, --opset, a wrong-shaped --from_json
+# ---------------------------------------------------------------------------------------------
+
+def test_evaluate_csv_with_a_non_utf8_file_name(hr_dir, tmp_path, capsys):
+    """11: a file name that is not UTF-8 gave a UnicodeEncodeError and no CSV."""
+    folder = tmp_path / 'Set'
+    folder.mkdir()
+    name = os.fsencode(folder) + b'/caf\xe9.png'
+    with open(name, 'wb') as f:
+        f.write((hr_dir / '0.png').read_bytes())
+    out = tmp_path / 'm.csv'
+    rc, _, err = run_main(evaluate.main, ['--data', folder, '--metrics', 'psnr', '--csv', out],
+                          capsys)
+    assert rc == 0, err
+    assert b'caf\xe9.png' in out.read_bytes()
+
+
+@pytest.mark.parametrize('opset', [13, 17, 99])
+def test_export_onnx_refuses_opsets_it_cannot_write(weights, tmp_path, capsys, opset,
+                                                   monkeypatch):
+    """11: --opset 13 exited 0 after a traceback, claiming opset 13 for an opset-18 file."""
+    monkeypatch.setattr(export_onnx, 'generator_from_flags',
+                        lambda *a: pytest.fail('model loaded'))
+    rc, _, err = run_main(export_onnx.main, ['--weight', weights, '--opset', opset,
+                                             '--output', tmp_path / 'g.onnx'], capsys)
+    line = one_error(err)
+    assert rc == 2 and f'--opset {opset}' in line and 'opsets 18 to ' in line, err
+
+
+def test_export_onnx_checks_the_opset_it_wrote(weights, tmp_path, capsys, monkeypatch):
+    """11: an opset other than the one asked for is not written."""
+    monkeypatch.setattr(export_onnx, 'written_opset', lambda path: 13)
+    rc, _, err = run_main(export_onnx.main, ['--weight', weights, '--output',
+                                             tmp_path / 'g.onnx'], capsys)
+    assert rc == 1 and 'opset 13, not 18' in one_error(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('content', ['{"a": 1}', '[1, 2]', '[{"method": "HR", "niqe": 3}]',
+                                     '[{"method": "Bicubic", "psnr_y": "x", "niqe": 1}, '
+                                     '{"method": "HR", "niqe": 3}, '
+                                     '{"method": "blend", "strength": 0, "psnr_y": 1, "niqe": 1}]'])
+def test_plot_strength_wrong_shaped_json_names_the_file(tmp_path, capsys, content):
+    """11: --from_json with a wrong-shaped file crashed, without naming the file."""
+    import plot_strength
+    scores = tmp_path / 's.json'
+    scores.write_text(content)
+    rc, _, err = run_main(plot_strength.main, ['--from_json', scores, '--out',
+                                               tmp_path / 'p.png'], capsys)
+    line = one_error(err)
+    assert rc == 1 and str(scores) in line and 'not a scores file' in line, err
+    assert not (tmp_path / 'p.png').exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. clearer messages: old pickles, the scale nobody asked for, --vgg_weights
+# ---------------------------------------------------------------------------------------------
+
+def test_old_format_pickle_is_called_so_without_torch_warnings(tmp_path, capsys):
+    """14: a plain or old-format pickle was 'corrupt or truncated' after a 2-line UserWarning."""
+    import pickle
+    path = tmp_path / 'old.pth'
+    with open(path, 'wb') as f:
+        pickle.dump({'generator': {'head.0.weight': torch.zeros(1)}}, f, protocol=4)
+    image = tmp_path / 'a.png'
+    Image.fromarray(natural(32, 32)).save(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # a warning torch gave would fail the load here
+        rc, _, err = run_main(test_image.main, ['--image', image, '--weight', path], capsys)
+    line = one_error(err)
+    assert rc == 1 and str(path) in line and 'old-format (non-zip) pickle' in line, err
+
+
+def test_vgg_weights_error_names_the_file_and_cause(tmp_path):
+    """14: --vgg_weights errors showed torch's multi-line text without naming the cause."""
+    from model import FeatureExtractor, VGGWeightsError
+    path = tmp_path / 'vgg.pth'
+    torch.save(tiny(), path)  # a whole module: pickled Python objects
+    with pytest.raises(VGGWeightsError) as e:
+        FeatureExtractor(str(path))
+    text = str(e.value)
+    assert str(path) in text and 'model.Generator' in text and '\n' not in text, text
+
+
+def test_evaluate_scale_from_the_first_weight_is_not_called_a_flag(hr_dir, tmp_path, capsys):
+    """14: without --upscale_factor, a second file of another scale was said to disagree with
+    '--upscale_factor N was asked for'."""
+    x2 = tmp_path / 'x2.pth'
+    utils.save_weights(tiny(2), str(x2))
+    x4 = tmp_path / 'x4.pth'
+    utils.save_weights(tiny(4), str(x4))
+    rc, _, err = run_main(evaluate.main, ['--data', hr_dir, '--weight', f'A={x2}',
+                                          '--weight', f'B={x4}', '--metrics', 'psnr'], capsys)
+    line = one_error(err)
+    assert rc == 1 and '--upscale_factor 2 was asked' not in line and 'first --weight' in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 17. flags that would be ignored are said; warnings are one line each
+# ---------------------------------------------------------------------------------------------
+
+def test_weight_psnr_without_strength_is_said(weights, photo, hr_dir, tmp_path, capsys):
+    """17: --weight_psnr without --strength was ignored silently."""
+    rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', weights,
+                                            '--weight_psnr', weights, '--out_dir', tmp_path],
+                          capsys)
+    assert rc == 0 and 'warning: --weight_psnr is used only with --strength' in err, err
+    rc, _, err = run_main(evaluate.main, ['--data', hr_dir, '--weight', weights,
+                                          '--weight_psnr', weights, '--metrics', 'psnr'], capsys)
+    assert rc == 0 and 'warning: --weight_psnr is used only with --strength' in err, err
+
+
+def test_dp_on_the_cpu_is_said(hr_dir, capsys):
+    """17: --dp without a GPU was ignored silently."""
+    args = train.get_args(['--trainset_dir', str(hr_dir), '--dp'])
+    ran = []
+    train.launch(args, lambda a, rt: ran.append(rt))
+    err = capsys.readouterr().err
+    assert ran and 'warning: --dp' in err and 'CPU' in err and err.count('\n') == 1
+
+
+def test_python_warnings_are_one_line_each(weights, photo, tmp_path, capsys, monkeypatch):
+    """17: UserWarnings printed their source line under them."""
+    real = utils.load_image
+
+    def noisy(path):
+        warnings.warn('something odd\nin two lines', UserWarning)
+        return real(path)
+    monkeypatch.setattr(utils, 'load_image', noisy)
+    rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', weights,
+                                            '--out_dir', tmp_path], capsys)
+    said = [line for line in err.splitlines() if 'something odd' in line]
+    assert rc == 0 and len(said) == 1 and 'warnings.warn' not in err, err
+    assert said[0].startswith('warning: something odd\\nin two lines (UserWarning, ')
+
+
+def test_video_out_of_memory_names_the_video(weights, tmp_path, capsys, monkeypatch):
+    """8: in test_video.py, out of CPU memory is one line naming the video."""
+    import test_video
+    from test_test_video import make_video
+    clip = tmp_path / 'c.mp4'
+    make_video(clip, n=2, audio=False)
+
+    def forward(*a, **k):
+        raise RuntimeError(CPU_OOM)
+    monkeypatch.setattr(utils, 'tiled_forward', forward)
+    out = tmp_path / 'out'
+    rc, _, err = run_main(test_video.main, ['--video', clip, '--weight', weights, '--out_dir',
+                                            out], capsys)
+    line = one_error(err)
+    assert rc == 1 and str(clip) in line and 'out of memory' in line and '--tile' in line
+    assert list(out.iterdir()) == []
+
+
+def test_test_image_refuses_to_overwrite_an_input(weights, photo, tmp_path, capsys):
+    """2: test_image.py could write sr_NAME over an input of the same run."""
+    folder = tmp_path / 'a'
+    folder.mkdir()
+    (folder / 'a.png').write_bytes(photo.read_bytes())
+    (folder / 'sr_a.png').write_bytes(photo.read_bytes())
+    before = (folder / 'sr_a.png').read_bytes()
+    rc, _, err = run_main(test_image.main, ['--image', folder, '--weight', weights,
+                                            '--out_dir', tmp_path], capsys)
+    line = one_error(err)
+    assert rc == 2 and 'sr_a.png' in line and 'refusing to overwrite' in line, err
+    assert (folder / 'sr_a.png').read_bytes() == before
+
+
+def test_ctrl_c_in_preparation_stops_the_workers_quietly(tmp_path):
+    """9: Ctrl-C during `python utils.py` printed a traceback from every worker, and killed
+    workers left .tmp_* files."""
+    rng = np.random.default_rng(0)
+    src, out = tmp_path / 'hr', tmp_path / 'sub'
+    src.mkdir()
+    for i in range(12):  # noise: slow to compress, so the run is still going when stopped
+        Image.fromarray(rng.integers(0, 256, (1200, 1200, 3), dtype=np.uint8)).save(
+            src / f'{i}.png', compress_level=0)
+    p = subprocess.Popen([sys.executable, 'utils.py', '--input', src, '--output', out,
+                          '--workers', '2'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not (out.is_dir() and any(out.glob('*.png'))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and 'Traceback' not in err, err
+    assert [line for line in err.splitlines() if 'error' in line] == ['error: interrupted']
+    assert not list(out.glob('.tmp_*'))
+
+
+def test_fifo_as_weights_is_named_by_kind(photo, tmp_path, capsys):
+    """10, 15: a FIFO as --weight was 'file not found' (and torch.load would wait on it)."""
+    fifo = tmp_path / 'w.pth'
+    os.mkfifo(fifo)
+    rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', fifo, '--out_dir',
+                                            tmp_path / 'out'], capsys)
+    assert rc == 2 and 'not a regular file: FIFO' in one_error(err)
