@@ -545,7 +545,9 @@ def _photo_header(path: str) -> tuple:
 
 def header_bits(path: str) -> int:
     """16 for an image load_photo writes back as 16-bit grey (I;16, I, F), else 8; from the
-    header (8 when it cannot be read: load_photo says why later)."""
+    header (8 when it cannot be read, or is no regular file: load_photo says why later)."""
+    if not os.path.isfile(path):  # a FIFO would block open()
+        return 8
     try:
         with Image.open(path) as img:
             return 16 if img.mode in ('I', 'F') or img.mode.startswith('I;16') else 8
