@@ -189,10 +189,12 @@ def main(argv=None) -> int:
     pixels = sum(cut(images[p], fraction, args.min_side).size // 3 for p in train)
     all_pixels = sum(images[p].size // 3 for p in images if p not in valid)
     left_out = f', {all_photos - len(train)} left out to fit' if len(train) < all_photos else ''
+    # the fraction, unless --min_side decides every crop of a large photo
+    area = (f'{fraction:.1%} of the area, '
+            if crop_box(1000, 1000, fraction, args.min_side)[2] > args.min_side else '')
     summary = (f'{len(train)} training photos{left_out} ({pixels / all_pixels:.0%} of their '
-               'pixels: '
-               f'centre crops of {fraction:.1%} of the area, at least {args.min_side} px a '
-               f'side), {len(valid)} validation images, '
+               f'pixels: centre crops of {area}at least {args.min_side} px a side), '
+               f'{len(valid)} validation images, '
                + ', '.join(f'{b} {len(os.listdir(os.path.join(tmp, b)))}' for b in BENCHMARKS)
                + f'; {(total + fixed) / MIB:.1f} MiB of at most {max_mib:.1f}')
     with open(os.path.join(tmp, 'PACKED.txt'), 'w') as f:
