@@ -772,8 +772,10 @@ def build(args, rt: Runtime) -> TrainState:
 
     s = TrainState(G, *optimizer_side(G, args.lr), ema=EMA(G, args.ema) if args.ema > 0 else None)
     if args.mode == 'adversarial':
-        s.D = Discriminator(args.d_channels, spectral_norm=args.spectral_norm).to(
-            rt.device, memory_format=cl)
+        # --d_channels only where given: the default leaves model.Discriminator's own
+        width = {} if args.d_channels == 64 else {'channels': args.d_channels}
+        s.D = Discriminator(spectral_norm=args.spectral_norm, **width).to(rt.device,
+                                                                          memory_format=cl)
         s.opt_d, s.sched_d, s.scaler_d = optimizer_side(s.D, args.lr if args.lr_d is None
                                                         else args.lr_d)
         s.D_g = s.D
