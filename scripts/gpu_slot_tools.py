@@ -283,11 +283,11 @@ def history_rows(out_dir: str) -> list:
         return []
 
 
-def start(slot: Slot, stage: Stage, data: str, end: float, fast: bool, rate: float,
-          n: int) -> None:
-    """Launch `stage` to stop by `end` (a time.time()), epochs sized to about slot.s.epoch_s
-    from `rate` (images/s alone) shared by `n` processes."""
-    s, window = slot.s, end - time.time()
+def train_argv(s: Settings, stage: Stage, data: str, out_dir: str, pretrain: str,
+               window: float, fast: bool, rate: float, n: int, break_fast: str = '') -> tuple:
+    """(train.py's arguments, iterations per epoch, time limit in s) for `stage` to stop
+    within `window` seconds, epochs sized to about s.epoch_s from `rate` (images/s alone)
+    shared by `n` processes."""
     batch = stage.batch(s)
     iters = max(s.min_iters, int(rate / n * s.epoch_s / batch))
     # --time_limit counts from train.py's first epoch, after its start-up, and the run stops
@@ -297,23 +297,31 @@ def start(slot: Slot, stage: Stage, data: str, end: float, fast: bool, rate: flo
     # the time limit ends every run: room for 10 times the epochs planned, in case the
     # processes share the device better than the 1/n assumed
     epochs = 10 * max(2, int(window / s.epoch_s) + 2)
+    argv = ['--mode', stage.mode, '--upscale_factor', str(stage.scale),
+            '--trainset_dir', os.path.join(data, 'train'),
+            '--validset_dir', os.path.join(data, 'valid'), '--out_dir', out_dir,
+            '--pretrain', pretrain, '--num_blocks', str(s.num_blocks),
+            '--crop_size', str(s.crop[stage.scale]), '--batch_size', str(batch), '--cache',
+            '--workers', '0', '--iters_per_epoch', str(iters), '--epochs', str(epochs),
+            '--time_limit', f'{limit_s / 60:.3f}', '--keep', '1', '--log_every', '50',
+            *s.device, *stage.flags]
+    if fast:
+        argv += s.fast
+        if break_fast == stage.name:  # the rehearsal's failing fast path
+            argv += ['--compile_mode', 'no-such-mode']
+    return argv + s.extra, iters, limit_s
+
+
+def start(slot: Slot, stage: Stage, data: str, end: float, fast: bool, rate: float,
+          n: int) -> None:
+    """Launch `stage` to stop by `end` (a time.time())."""
+    s = slot.s
     pretrain = stage.pretrain() if callable(stage.pretrain) else stage.pretrain
     stage.out_dir = os.path.join(slot.work, 'runs', stage.name + ('' if fast else '_eager'))
     shutil.rmtree(stage.out_dir, ignore_errors=True)
-    argv = slot.python(
-        'train.py', '--mode', stage.mode, '--upscale_factor', str(stage.scale),
-        '--trainset_dir', os.path.join(data, 'train'),
-        '--validset_dir', os.path.join(data, 'valid'), '--out_dir', stage.out_dir,
-        '--pretrain', pretrain, '--num_blocks', str(s.num_blocks),
-        '--crop_size', str(s.crop[stage.scale]), '--batch_size', str(batch), '--cache',
-        '--workers', '0', '--iters_per_epoch', str(iters), '--epochs', str(epochs),
-        '--time_limit', f'{limit_s / 60:.3f}', '--keep', '1', '--log_every', '50',
-        *s.device, *stage.flags)
-    if fast:
-        argv += s.fast
-        if slot.args.break_fast == stage.name:  # the rehearsal's failing fast path
-            argv += ['--compile_mode', 'no-such-mode']
-    argv += s.extra
+    args, iters, limit_s = train_argv(s, stage, data, stage.out_dir, pretrain,
+                                      end - time.time(), fast, rate, n, slot.args.break_fast)
+    argv = slot.python('train.py', *args)
     stage.fast, stage.started, stage.end = fast, time.time(), end
     stage.attempts.append(stage.out_dir)
     slot.log(f'{stage.name}: {"fast path" if fast else "eager"}, {iters} it/epoch, '

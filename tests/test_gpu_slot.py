@@ -131,3 +131,38 @@ def test_cpu_rehearsal_brings_back_what_a_slot_would(tmp_path):
     assert r['pytest_cuda']['status'] == 5 or 'skipped' in r['pytest_cuda']['summary']
     for name in r['copied']:
         assert utils.load_generator(str(out / name)).config['num_blocks'] == 2
+
+
+def test_real_slot_commands_parse_and_follow_the_plan(tmp_path):
+    """What a real slot would launch, checked here where no GPU is: every stage's train.py
+    flags parse; 16 blocks on CUDA, crops 96 (192 at x8), the recipes of the plan, a time
+    limit inside the window, and the fast path only where asked."""
+    import train
+    s = gpu_slot_tools.Settings(rehearsal=False)
+    runs = gpu_slot_tools.plan_runs(None, 'weights')
+    assert [[st.name for st in r] for r in runs] == [
+        ['x4_srgan_allfour'], ['x4_srgan_paper'], ['x4_srresnet'],
+        ['x2_srresnet', 'x2_srgan_allfour'], ['x8_srresnet', 'x8_srgan_allfour']]
+    for run in runs:
+        for st in run:
+            pretrain = st.pretrain() if callable(st.pretrain) else st.pretrain
+            assert pretrain == f'weights/srresnet_x{st.scale}.pth'  # nothing trained here
+            for fast in (False, True):
+                argv, iters, limit = gpu_slot_tools.train_argv(
+                    s, st, 'slot_data', str(tmp_path / st.name), pretrain, 300.0, fast,
+                    s.guess[(st.mode, st.batch(s))], 5)
+                args = train.get_args(argv)
+                assert args.cuda and args.num_blocks == 16 and args.cache
+                assert args.crop_size == (192 if st.scale == 8 else 96)
+                assert args.batch_size == (16 if st.mode == 'adversarial' else 64)
+                assert args.time_limit * 60 == pytest.approx(limit, abs=0.1) and 0 < limit < 280
+                assert args.compile == fast
+                assert (args.compile_mode == 'reduce-overhead') == fast
+                if st.mode == 'adversarial':
+                    assert args.content_weight == 0 and args.lr == 1e-4 and args.lr_step == 0
+                    all_four = st.name.endswith('allfour')
+                    assert (args.gan_loss == 'ragan') == all_four == args.spectral_norm
+                    assert args.ema == (0.99 if all_four else 0)
+                    assert args.lr_d == (2.5e-5 if all_four else None)
+                else:
+                    assert (args.lr, args.lr_step, args.ema) == (5e-5, 0, 0.999)
