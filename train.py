@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--gan_loss', default='vanilla', choices=['vanilla', 'ragan'],
                    help="vanilla: the paper's BCE on D's logits; ragan: relativistic average "
                         "GAN (ESRGAN), each logit taken relative to the other side's mean")
+    p.add_argument('--d_channels', type=utils.number(int, 1), default=64,
+                   help="the discriminator's base channels (the paper's 64; fewer only for "
+                        'smoke tests such as the GPU-slot rehearsal)')
     p.add_argument('--spectral_norm', action='store_true',
                    help='spectral normalisation in every D layer (and no BatchNorm in D)')
     p.add_argument('--lr_d', type=utils.number(float, 0, low_open=True), default=None,
@@ -918,7 +921,10 @@ def build(args, rt: Runtime) -> TrainState:
 
     s = TrainState(G, *optimizer_side(G, args.lr), ema=EMA(G, args.ema) if args.ema > 0 else None)
     if args.mode == 'adversarial':
-        s.D = Discriminator(spectral_norm=args.spectral_norm).to(rt.device, memory_format=cl)
+        # --d_channels only where given: the default leaves model.Discriminator's own
+        width = {} if args.d_channels == 64 else {'channels': args.d_channels}
+        s.D = Discriminator(spectral_norm=args.spectral_norm, **width).to(rt.device,
+                                                                          memory_format=cl)
         s.opt_d, s.sched_d, s.scaler_d = optimizer_side(s.D, args.lr if args.lr_d is None
                                                         else args.lr_d)
         s.D_g = s.D

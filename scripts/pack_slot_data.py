@@ -11,9 +11,10 @@ whole and left out of the training set. --benchmarks: a folder holding Set5/ and
 
 A GPU machine receives the repository and the carried folders together, at most 64 MiB, and the
 repository (weights included) takes part of that. So the packed folder gets --max_mib (default:
-64 MiB less the git-tracked files of this checkout, less 2 MiB). Every training photo is kept,
+64 MiB less the git-tracked files of this checkout, less 2 MiB). Each training photo is kept
 centre-cropped, all by the same area fraction, to what fits, never below --min_side pixels on a
-side (96-px crops at x4, 192 at x8); the fraction and the sizes are written to PACKED.txt.
+side (96-px crops at x4, 192 at x8); where even that is too much, photos spread evenly over the
+sorted list are left out. The fraction, the count and the size are written to PACKED.txt.
 
 Layout: OUT/train/<sub-folder>/<name>.png, OUT/valid/, OUT/Set5/, OUT/Set14/, OUT/PACKED.txt.
 """
@@ -166,28 +167,34 @@ def main(argv=None) -> int:
     if budget <= 0:
         raise utils.UsageError(f'--max_mib {max_mib:.1f}: the benchmarks and validation images '
                                f'alone take {fixed / MIB:.1f} MiB')
-    full = {p: len(png_bytes(images[p])) for p in train}
-    sizes = [(full[p], *images[p].shape[:2]) for p in train]
-    fraction = fit_fraction(sizes, budget, args.min_side)
-    while True:
-        packed = {p: png_bytes(cut(images[p], fraction, args.min_side)) if fraction < 1
-                  else None for p in train}
-        total = sum(len(d) if d is not None else full[p] for p, d in packed.items())
-        if total <= budget or fraction < 1e-3:
-            break
-        fraction *= 0.95 * budget / total
-    if total > budget:
-        raise utils.UsageError(f'--max_mib {max_mib:.1f}: the training photos do not fit even '
-                               f'at --min_side {args.min_side}')
-    for p, data in packed.items():
+    # bytes per pixel of each photo, from its central 192 x 192 (encoding every whole photo
+    # would take minutes), then one area fraction for all
+    sample = {p: png_bytes(cut(images[p], 0, 192)) for p in train}
+    sizes = [(len(sample[p]) * images[p].shape[0] * images[p].shape[1]
+              / (cut(images[p], 0, 192).size // 3), *images[p].shape[:2]) for p in train]
+    fraction = fit_fraction(sizes, int(0.97 * budget), args.min_side)
+    packed = {p: png_bytes(cut(images[p], fraction, args.min_side)) for p in train}
+    total, all_photos = sum(map(len, packed.values())), len(train)
+    # Still too large (the estimate was low, or --min_side keeps too much): leave out photos
+    # spread evenly over the sorted list until the rest fits
+    while total > budget and len(packed) > 1:
+        order = sorted(packed)
+        excess = int((total - budget) / (total / len(order))) + 1
+        for i in sorted({int(k) for k in np.linspace(0, len(order) - 1, excess)}):
+            total -= len(packed.pop(order[i]))
+    train = sorted(packed)
+    for p in train:
         rel = os.path.splitext(os.path.relpath(p, args.train))[0] + '.png'
-        write(os.path.join(tmp, 'train', rel), data if data is not None
-              else png_bytes(images[p]))
+        write(os.path.join(tmp, 'train', rel), packed[p])
     pixels = sum(cut(images[p], fraction, args.min_side).size // 3 for p in train)
-    all_pixels = sum(images[p].size // 3 for p in train)
-    summary = (f'{len(train)} training photos ({pixels / all_pixels:.0%} of their pixels: '
-               f'centre crops of {fraction:.1%} of the area, at least {args.min_side} px a '
-               f'side), {len(valid)} validation images, '
+    all_pixels = sum(images[p].size // 3 for p in images if p not in valid)
+    left_out = f', {all_photos - len(train)} left out to fit' if len(train) < all_photos else ''
+    # the fraction, unless --min_side decides every crop of a large photo
+    area = (f'{fraction:.1%} of the area, '
+            if crop_box(1000, 1000, fraction, args.min_side)[2] > args.min_side else '')
+    summary = (f'{len(train)} training photos{left_out} ({pixels / all_pixels:.0%} of their '
+               f'pixels: centre crops of {area}at least {args.min_side} px a side), '
+               f'{len(valid)} validation images, '
                + ', '.join(f'{b} {len(os.listdir(os.path.join(tmp, b)))}' for b in BENCHMARKS)
                + f'; {(total + fixed) / MIB:.1f} MiB of at most {max_mib:.1f}')
     with open(os.path.join(tmp, 'PACKED.txt'), 'w') as f:
