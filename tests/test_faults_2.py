@@ -625,12 +625,12 @@ def test_dp_on_the_cpu_is_said(hr_dir, capsys):
 
 def test_python_warnings_are_one_line_each(weights, photo, tmp_path, capsys, monkeypatch):
     """17: UserWarnings printed their source line under them."""
-    real = utils.load_image
+    real = utils.load_photo  # what process_image reads a photo with
 
-    def noisy(path):
+    def noisy(*args, **kwargs):
         warnings.warn('something odd\nin two lines', UserWarning)
-        return real(path)
-    monkeypatch.setattr(utils, 'load_image', noisy)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(utils, 'load_photo', noisy)
     rc, _, err = run_main(test_image.main, ['--image', photo, '--weight', weights,
                                             '--out_dir', tmp_path], capsys)
     said = [line for line in err.splitlines() if 'something odd' in line]

@@ -57,7 +57,7 @@ def alarm(signum, frame):
     raise Hang('no answer within 20 s')
 
 
-@settings(max_examples=40, deadline=5000, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,  # hangs: the 20 s alarm below
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=mangled())
 def test_mangled_file_gives_clean_error_or_result(model, tmp_path, case):
