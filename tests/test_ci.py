@@ -39,10 +39,10 @@ def test_ci_finds_the_benchmarks_beside_the_clone(tmp_path):
 
 def test_ci_runs_what_the_readme_says():
     readme = (ROOT / 'README.md').read_text()
-    for command in ('python -m pip install -r requirements-dev.txt', 'python -m pytest -q'):
+    for command in ('python -m pip install -r requirements-dev.txt', 'python -m pytest -q -n 2'):
         assert command in readme
     assert 'python -m pip install -q -r requirements-dev.txt' in CI
-    assert CI.rstrip().endswith('python -m pytest -q')
+    assert CI.rstrip().endswith('python -m pytest -q -n 2')
     assert '/work/' not in CI  # nothing machine-specific
 
 

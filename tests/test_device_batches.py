@@ -182,6 +182,7 @@ def fit(folder, out, *extra) -> int:
         return train.main(argv)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['generator', 'adversarial'])
 def test_device_batches_train_and_resume_bit_for_bit(mode, folder, tmp_path, monkeypatch):
     """3 epochs straight == 1 epoch, then --resume latest to 3; the batches come from
@@ -229,6 +230,7 @@ def test_nan_stops_one_log_interval_later_naming_its_iteration(folder, tmp_path,
     assert not (tmp_path / 'checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_device_batches_under_ddp(folder, tmp_path):
     """Two gloo processes cut their batches themselves, each from its own seed, and finish."""
     out = tmp_path / 'ddp'

@@ -22,6 +22,11 @@ import train
 import utils
 from conftest import ROOT, history
 
+
+# every case starts several processes (DDP, torchrun, SLURM, Lightning): the full suite's, not
+# the inner loop's
+pytestmark = pytest.mark.slow
+
 PROBE = str(ROOT / 'tests' / 'ddp_probe.py')
 N_IMAGES = 8  # = batch 2 x 2 iterations x 2 ranks: one epoch is exactly one pass
 LAUNCHER_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'GROUP_RANK',

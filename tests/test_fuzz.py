@@ -57,6 +57,7 @@ def alarm(signum, frame):
     raise Hang('no answer within 20 s')
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, derandomize=True,  # hangs: the 20 s alarm below
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=mangled())

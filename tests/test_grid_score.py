@@ -159,6 +159,7 @@ def test_best_epoch_never_picks_a_gridded_epoch():
     assert train.get_args([]).grid_limit == utils.GRID_LIMIT == 1.5
 
 
+@pytest.mark.slow
 def test_adversarial_run_logs_grid_and_keeps_no_gridded_best(tmp_path, capsys):
     """A tiny SRGAN-MSE run: history.csv's grid is the validation images' mean grid score of
     the epoch's generator; a --grid_limit below it leaves no best.pth and says why."""

@@ -364,6 +364,7 @@ def test_iters_per_epoch_sets_the_loader_length(data):
 # Killed mid-run: files intact, resume exact
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     killed, straight = tmp_path / 'killed', tmp_path / 'straight'
     flags = ['--iters_per_epoch', '30', '--lr_step', '2']
