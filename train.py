@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -1473,6 +1474,7 @@ def write_error(args, e: OSError) -> TrainingError:
 
 def main(argv=None) -> int:
     args = get_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, utils.show_warning  # one line each
     try:
         with sigterm_as_interrupt():
             launch(args, run)
@@ -1485,6 +1487,8 @@ def main(argv=None) -> int:
             remove_stale_temporaries(args.out_dir)
         utils.error('interrupted; the last checkpoint is kept, continue with --resume latest')
         return utils.EXIT_INTERRUPTED
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

@@ -388,3 +388,18 @@ def test_sigterm_to_a_spawned_ddp_job_stops_every_process(data, tmp_path):
     left = subprocess.run(['pgrep', '-a', '-s', str(p.pid)], capture_output=True,
                           text=True).stdout.splitlines()
     assert not [line for line in left if 'train.py' in line or 'spawn_main' in line], left
+
+
+def test_python_warnings_in_training_are_one_line_each(monkeypatch, capsys):
+    """Issue 24, 17: a Python or PyTorch warning during a run is one line, not its source."""
+    import warnings
+
+    def noisy(args, run):
+        warnings.warn('something odd\nin two lines', UserWarning)
+    monkeypatch.setattr(train, 'launch', noisy)
+    assert train.main(['--trainset_dir', '.', '--validset_dir', '.']) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if 'something odd' in line]
+    assert said == [said[0]] and said[0].startswith('warning: something odd\\nin two lines '
+                                                    '(UserWarning, ')
+    assert 'warnings.warn' not in err
