@@ -402,8 +402,18 @@ def load_image(path: str) -> tuple:
     except ImageError:
         raise
     except Exception as e:  # rarer exceptions Pillow raises converting a damaged file
-        detail = (str(e).strip().splitlines() or [''])[0]
-        raise ImageError(f'{path}: unreadable image ({type(e).__name__}: {detail})') from None
+        raise unreadable(path, e) from None
+    return as_tensors(rgb, alpha)
+
+
+def unreadable(path: str, e: Exception) -> ImageError:
+    """The ImageError for an exception Pillow raised decoding `path`: its first line."""
+    detail = (str(e).strip().splitlines() or [''])[0]
+    return ImageError(f'{path}: unreadable image ({type(e).__name__}: {detail})')
+
+
+def as_tensors(rgb: np.ndarray, alpha) -> tuple:
+    """(3, H, W) and (1, H, W) (or None) float tensors from HxWx3 and HxW arrays."""
     rgb = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
     if alpha is not None:
         alpha = torch.from_numpy(np.ascontiguousarray(alpha))[None]
@@ -612,11 +622,8 @@ def load_photo(path: str) -> Photo:
     except ImageError:
         raise
     except Exception as e:  # rarer exceptions Pillow raises converting a damaged file
-        detail = (str(e).strip().splitlines() or [''])[0]
-        raise ImageError(f'{path}: unreadable image ({type(e).__name__}: {detail})') from None
-    rgb = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    if alpha is not None:
-        alpha = torch.from_numpy(np.ascontiguousarray(alpha))[None]
+        raise unreadable(path, e) from None
+    rgb, alpha = as_tensors(rgb, alpha)
     gray = mode in GREY_MODES or is_grayscale(rgb)
     return Photo(rgb, alpha, mode, gray, icc if _icc_fits(icc, mode) else None, exif, fmt,
                  tuple(notes))
@@ -1595,8 +1602,10 @@ def prepare_subimages(input_dir: str, output_dir: str, crop_size: int = 480, ste
     return totals
 
 
+@script
 def main(argv=None) -> int:
-    """Sub-image preparation CLI; returns the exit code (1 when any image failed)."""
+    """Sub-image preparation CLI; returns the exit code (1 when any image failed); a problem
+    with the flags or folders raises UsageError (run_main: one line, exit 2)."""
     parser = argparse.ArgumentParser(
         description='Cut training images (DIV2K) into overlapping sub-images, so that each '
                     'training sample decodes a small PNG instead of a 2K one.')
@@ -1615,17 +1624,17 @@ def main(argv=None) -> int:
                         '~1.7x faster to decode')
     args = parser.parse_args(argv)
     if args.crop_size < 1 or args.step < 1 or args.thresh_size < 0:
-        parser.error('--crop_size and --step must be positive, --thresh_size not negative')
+        raise UsageError('--crop_size and --step must be positive, --thresh_size not negative')
     if not os.path.isdir(args.input):
-        parser.error(f'{args.input}: input folder not found')
+        raise UsageError(f'{args.input}: input folder not found')
     if os.path.abspath(args.input) == os.path.abspath(args.output):
-        parser.error(f'{args.output}: the output folder must differ from the input folder')
+        raise UsageError(f'{args.output}: the output folder must differ from the input folder')
     problem = output_problem(args.output, folder=True)
     if problem:
-        parser.error(problem)
+        raise UsageError(problem)
     if not list_images(args.input):
-        parser.error(f'{args.input}: 0 images found ({", ".join(IMAGE_EXTENSIONS)}, searched '
-                     'recursively)')
+        raise UsageError(f'{args.input}: 0 images found ({", ".join(IMAGE_EXTENSIONS)}, '
+                         'searched recursively)')
     totals = prepare_subimages(args.input, args.output, args.crop_size, args.step,
                                args.thresh_size, args.workers, args.compress_level)
     print(f"{totals['images']} images read, {totals['written']} sub-images written, "
@@ -2707,4 +2716,4 @@ def comparison(patches: list, labels: list) -> Image.Image:
 
 
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -151,11 +151,23 @@ def test_default_weights_cover_every_scale_flag_choice():
 # ---------------------------------------------------------------------------------------------
 
 def load_script(name: str):
-    """A script by file name (the root's, or scripts/'s), imported as a module."""
+    """A script by file name (the root's, or scripts/'s), imported as a module (utils.py: the
+    module the tests share, so its error classes are the ones run_main knows)."""
+    if name == 'utils.py':
+        return utils
     path = ROOT / name
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # registered while it runs, as an import would (dataclasses look their module up there)
+    saved = sys.modules.get(path.stem)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            del sys.modules[path.stem]
+        else:
+            sys.modules[path.stem] = saved
     return module
 
 
@@ -172,6 +184,9 @@ def inputs(tmp_path_factory):
     (root / 'bad.mp4').write_text('not a video')
     (root / 'bad.pth').write_bytes(b'not a weights file')
     (root / 'a_file').write_text('a file, not a folder')
+    for name in ('Set5', 'Set14'):  # what scripts/pack_slot_data.py packs beside the photos
+        (root / 'benchmarks' / name).mkdir(parents=True)
+        Image.fromarray(natural(48, 48)).save(root / 'benchmarks' / name / 'a.png')
     return root
 
 
@@ -200,7 +215,12 @@ CASES = {
                                    '--output', 'O/g.pth']),
     # its input is a server (tests/test_download.py serves broken files); here the folder
     'scripts/download_data.py': (['benchmarks', '--data_dir', 'I/a_file/data'], None),
+    'scripts/pack_slot_data.py': (['--train', 'M/train', '--benchmarks', 'I/benchmarks',
+                                   '--out', 'O/slot_data'], None),
+    'utils.py': (['--input', 'M/DIV2K', '--output', 'O/sub'], None),  # sub-image preparation
 }
+# scripts that take no input path: the bad-flag case only
+NO_INPUT = ['demo.py']
 
 
 def fill(argv: list, inputs, tmp_path) -> list:
@@ -226,7 +246,7 @@ def test_missing_input_exits_2_with_one_line_before_any_model(name, inputs, tmp_
     assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('name', CASES)
+@pytest.mark.parametrize('name', [*CASES, *NO_INPUT])
 def test_bad_flag_exits_2(name, capsys):
     rc, out, err = run_script(name, ['--no_such_flag'], capsys)
     assert rc == 2 and 'error: ' in err and 'Traceback' not in err

@@ -143,11 +143,10 @@ def test_cli_reports_unreadable_files_by_name_and_does_the_rest(tmp_path):
 
 
 def test_cli_rejects_bad_folders(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        utils.main(['--input', str(tmp_path / 'missing'), '--output', str(tmp_path / 'o')])
-    assert e.value.code == 2 and 'missing: input folder not found' in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        utils.main(['--input', str(tmp_path), '--output', str(tmp_path)])
+    rc = utils.run_main(utils.main, ['--input', str(tmp_path / 'missing'),
+                                     '--output', str(tmp_path / 'o')])
+    assert rc == 2 and 'missing: input folder not found' in capsys.readouterr().err
+    assert utils.run_main(utils.main, ['--input', str(tmp_path), '--output', str(tmp_path)]) == 2
     assert 'must differ' in capsys.readouterr().err
 
 
