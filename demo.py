@@ -351,14 +351,16 @@ def build_page(gr, worker: Worker, scales: list):
                 strength = gr.Slider(0, 1, value=0.5, step=0.05, label='Detail strength of the '
                                      'blend: 0 = SRResNet, 1 = SRGAN', elem_id='strength')
                 with gr.Row(equal_height=True):
-                    ensemble = gr.Checkbox(False, label='Self-ensemble (8x time)',
-                                           elem_id='ensemble', scale=2, min_width=110)
-                    outscale = gr.Number(None, label="Output scale (empty: the network's)",
-                                         elem_id='outscale', scale=2, min_width=110)
-                    go = gr.Button('Super-resolve', variant='primary', elem_id='run', scale=3)
+                    with gr.Column(scale=3, min_width=250):
+                        ensemble = gr.Checkbox(False, label='Self-ensemble (8x time)',
+                                               elem_id='ensemble', container=False)
+                        go = gr.Button('Super-resolve', variant='primary', elem_id='run')
+                    with gr.Column(scale=2, min_width=200):  # a column: not one form with it
+                        outscale = gr.Number(0, label="Output scale (0: network's)",
+                                             elem_id='outscale')
                 message = gr.Markdown(elem_id='message')
                 picker = gr.Image(label='Input: click two corners to choose the crop box',
-                                  type='pil', format='png', interactive=False, height=200,
+                                  type='pil', format='png', interactive=False, height=150,
                                   elem_id='picker', buttons=['fullscreen'])
                 box = gr.Textbox(label='Crop box X,Y,W,H in input pixels (type one, Enter)',
                                  elem_id='box', max_lines=1)

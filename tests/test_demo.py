@@ -340,14 +340,15 @@ def test_bad_upload_is_one_line_and_the_next_upload_works(server, browser, tmp_p
 @needs_browser
 @pytest.mark.slow
 def test_blend_crop_and_download(server, browser, tmp_path):
-    """Upload, the strength slider, Super-resolve, a box clicked and one typed, Download: the
-    file is test_image.py's for the same settings, bit for bit, and the crop comparison has the
-    size of LR | Bicubic | SRResNet | Blend | SRGAN patches of the box."""
+    """Upload, the strength slider, the self-ensemble ticked, Super-resolve, a box clicked and
+    one typed, Download: the file is test_image.py's for the same settings, bit for bit, and
+    the crop comparison has the size of LR | Bicubic | SRResNet | Blend | SRGAN patches of the
+    box."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
     # test_image.py with the settings the page is about to be given, meanwhile
     script = ['test_image.py', '--image', str(CHELSEA), '--upscale_factor', '4', '--strength',
-              '0.75']
+              '0.75', '--ensemble']
     reference = subprocess.Popen([sys.executable, *script, '--out_dir', str(tmp_path)],
                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
@@ -361,13 +362,15 @@ def test_blend_crop_and_download(server, browser, tmp_path):
     css(browser, '#strength input[type=range]').send_keys(Keys.ARROW_RIGHT * 5)  # 0.5 -> 0.75
     until(browser, lambda d: css(d, '#model input[value="Blend"]').is_selected())
     assert css(browser, '#strength input[type=number]').get_attribute('value') == '0.75'
+    css(browser, '#ensemble input[type=checkbox]').click()
+    until(browser, lambda d: css(d, '#ensemble input[type=checkbox]').is_selected())
     css(browser, '#run').click()
     until(browser, lambda d: text(d, 'info') or text(d, 'message'))
     assert text(browser, 'message') == ''
     info = text(browser, 'info')
-    assert 'chelsea.png: 226x150 -> 904x600 (x4, Blend 0.75)' in info
+    assert 'chelsea.png: 226x150 -> 904x600 (x4, Blend 0.75, self-ensemble)' in info
     assert info.endswith('python test_image.py --image chelsea.png --upscale_factor 4 '
-                         '--strength 0.75')
+                         '--strength 0.75 --ensemble')
     assert natural_size(browser, '#slider img') == (904, 600)
     columns = 5  # LR | Bicubic | SRResNet | Blend 0.75 | SRGAN
 
