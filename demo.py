@@ -4,9 +4,10 @@
     python demo.py --port 8000 --cuda   # another port, on the GPU
 
 Upload an image (or pick one from images/), choose the scale, the model (SRResNet, SRGAN, or a
-blend of the two set by the detail-strength slider, as test_image.py --strength) and press
-Super-resolve. The page shows bicubic and SR under a before/after slider, the time taken and
-the output size, and the test_image.py command that writes the same file. Click two corners on
+blend of the two set by the detail-strength slider, as test_image.py --strength), optionally
+the self-ensemble (--ensemble) and an output scale (--outscale), and press Super-resolve. The
+page shows bicubic and SR under a before/after slider, the time taken and the output size,
+and the test_image.py command that writes the same file. Click two corners on
 the input to choose a box: the crop comparison puts LR | Bicubic | SRResNet | SRGAN patches of
 it side by side, enlarged with nearest neighbour (get_img_crop.py's drawing). The download is a
 PNG bit-equal to test_image.py's sr_ file for a PNG input with the same settings (for another
@@ -22,6 +23,7 @@ gradio (requirements-dev.txt); without it, one line says what to install (exit 2
 docs/demo.md; tests/test_demo.py drives the page in headless Chromium.
 """
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -38,7 +40,7 @@ from utils import (MAX_MEGAPIXELS, PALETTE, TILE_OVERLAP, CheckpointError, CropE
                    check_pixels, comparison, default_colors, device_for, imresize,
                    inference_model, is_grayscale, line_width, list_images, load_blend,
                    load_generator, load_image, number, parse_box, process_image, read_rgb,
-                   require, scale_box, script, set_max_megapixels, super_resolve, to_grayscale,
+                   require, resolve, scale_box, script, set_max_megapixels, to_grayscale,
                    to_uint8)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -66,15 +68,40 @@ def model_label(model: str, strength: float) -> str:
     return f'Blend {strength:g}' if model == BLEND else model
 
 
-def command_line(name: str, scale: int, model: str, strength: float) -> str:
+def command_line(name: str, scale: int, model: str, strength: float, ensemble: bool = False,
+                 outscale: float = None) -> str:
     """The test_image.py command that writes the same sr_ file (its defaults: --amp auto,
     automatic tiles)."""
     cmd = f'python test_image.py --image {name} --upscale_factor {scale}'
     if model == 'SRResNet':
-        return cmd + f' --weight weights/srresnet_x{scale}.pth'
-    if model == BLEND:
-        return cmd + f' --strength {strength:g}'
+        cmd += f' --weight weights/srresnet_x{scale}.pth'
+    elif model == BLEND:
+        cmd += f' --strength {strength:g}'
+    if ensemble:
+        cmd += ' --ensemble'
+    if outscale is not None:
+        cmd += f' --outscale {outscale:g}'
     return cmd
+
+
+def parse_outscale(value) -> float:
+    """The page's Output scale field -> PhotoOptions.outscale: empty or 0 is None (the
+    network's scale), else a finite number > 0 (as --outscale); UsageError in one line."""
+    if value is None or value == '' or value == 0:
+        return None
+    try:
+        outscale = float(value)
+    except (TypeError, ValueError):
+        outscale = math.nan
+    if not (math.isfinite(outscale) and outscale > 0):
+        raise UsageError(f"output scale: must be a number > 0 (empty or 0: the network's "
+                         f'scale), got {value}')
+    return outscale
+
+
+def output_scale(scale: int, outscale: float) -> float:
+    """The scale the megapixel limit is checked at, as test_image.py checks it."""
+    return max(scale, outscale or 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +126,9 @@ class Result:
     seconds: float
     tile: int
     command: str
+    ensemble: bool = False
+    outscale: float = None    # None: the network's scale
+    out_size: tuple = None    # (width, height) of the sr_ file
 
 
 class Worker:
@@ -140,7 +170,8 @@ class Worker:
             raise ImageError(self.message(e, inp)) from None
         return inp
 
-    def check_scale(self, inp: Input, scale: int) -> None:
+    def check_scale(self, inp: Input, scale: float) -> None:
+        """The input under --max_megapixels at `scale` (output_scale with an outscale)."""
         try:
             check_pixels(inp.path, self.max_megapixels, scale)
         except ImageError as e:
@@ -167,12 +198,14 @@ class Worker:
         return self.models[key]
 
     def run(self, inp: Input, scale: int, model: str, strength: float,
-            progress=None) -> Result:
-        """Super-resolve as test_image.py does; progress(done, total) is called after each
-        tile. Raises ImageError or CheckpointError."""
-        self.check_scale(inp, scale)
+            progress=None, ensemble: bool = False, outscale: float = None) -> Result:
+        """Super-resolve as test_image.py does (ensemble: --ensemble; outscale: --outscale,
+        None for the network's scale); progress(done, total) is called after each tile.
+        Raises ImageError or CheckpointError."""
+        self.check_scale(inp, output_scale(scale, outscale))
         net = self.generator(scale, model, strength)
-        opts = PhotoOptions(scale=scale, out_dir=self.folder('results'), dtype=self.dtype)
+        opts = PhotoOptions(scale=scale, out_dir=self.folder('results'), dtype=self.dtype,
+                            ensemble=ensemble, outscale=outscale)
         try:
             out = process_image(inp.path, net, opts, progress)
         except ImageError as e:
@@ -181,12 +214,15 @@ class Worker:
             raise ImageError(f'{inp.name}: out of memory at x{scale}') from None
         sr, bicubic = out['outputs'][:2]
         return Result(inp, scale, model, strength, sr, bicubic, out['seconds'], out['tile'],
-                      command_line(inp.name, scale, model, strength))
+                      command_line(inp.name, scale, model, strength, ensemble, outscale),
+                      ensemble, outscale, out['out_size'])
 
-    def model_patch(self, inp: Input, scale: int, model: str, box: tuple):
-        """The patch under `box` (LR pixels) of `model`'s output, computed from the box and
-        TILE_OVERLAP pixels around it: the context a tile gets, so it matches a whole run to
-        1/255 (utils.TILE_OVERLAP), at a fraction of the cost. None without weights."""
+    def model_patch(self, inp: Input, scale: int, model: str, box: tuple,
+                    ensemble: bool = False):
+        """The patch under `box` (LR pixels) of `model`'s output (at the network's scale; with
+        the self-ensemble when `ensemble`), computed from the box and TILE_OVERLAP pixels
+        around it: the context a tile gets, so it matches a whole run to 1/255
+        (utils.TILE_OVERLAP), at a fraction of the cost. None without weights."""
         if not os.path.isfile(weight_file(scale, model)):
             return None
         lr, alpha = load_image(inp.path)
@@ -194,8 +230,8 @@ class Worker:
         m, s = TILE_OVERLAP, scale
         x0, y0 = max(0, x - m), max(0, y - m)
         x1, y1 = min(lr.shape[2], x + w + m), min(lr.shape[1], y + h + m)
-        sr = super_resolve(self.generator(s, model, None), lr[:, y0:y1, x0:x1], s, 0, m,
-                           self.dtype)
+        sr = resolve(self.generator(s, model, None), lr[:, y0:y1, x0:x1], s, 0, m, self.dtype,
+                     ensemble=ensemble)
         if is_grayscale(lr):  # as process_image does
             sr = to_grayscale(sr)
         inside = (slice(None), slice((y - y0) * s, (y - y0 + h) * s),
@@ -208,7 +244,8 @@ class Worker:
 
     def comparison(self, result: Result, box: tuple):
         """get_img_crop.py's comparison picture of `box`: LR | Bicubic | SRResNet | [the blend]
-        | SRGAN, the model of `result` cut from its file, the others computed around the box."""
+        | SRGAN, the model of `result` cut from its file (at its output scale), the others
+        computed around the box (at the network's scale, with the result's self-ensemble)."""
         lr = read_rgb(result.input.path)
         files = {'LR': lr, 'Bicubic': read_rgb(result.bicubic)}
         labels = ['LR', 'Bicubic', 'SRResNet'] + ([model_label(BLEND, result.strength)]
@@ -221,7 +258,8 @@ class Worker:
                 x, y, w, h = scale_box(box, lr.size, img.size)
                 patch = img.crop((x, y, x + w, y + h))
             else:
-                patch = self.model_patch(result.input, result.scale, label, box)
+                patch = self.model_patch(result.input, result.scale, label, box,
+                                         result.ensemble)
             if patch is not None:
                 patches.append(patch)
                 kept.append(label)
@@ -312,10 +350,17 @@ def build_page(gr, worker: Worker, scales: list):
                                      elem_id='model', scale=3)
                 strength = gr.Slider(0, 1, value=0.5, step=0.05, label='Detail strength of the '
                                      'blend: 0 = SRResNet, 1 = SRGAN', elem_id='strength')
-                go = gr.Button('Super-resolve', variant='primary', elem_id='run')
+                with gr.Row(equal_height=True):
+                    with gr.Column(scale=3, min_width=250):
+                        ensemble = gr.Checkbox(False, label='Self-ensemble (8x time)',
+                                               elem_id='ensemble', container=False)
+                        go = gr.Button('Super-resolve', variant='primary', elem_id='run')
+                    with gr.Column(scale=2, min_width=200):  # a column: not one form with it
+                        outscale = gr.Number(0, label="Output scale (0: network's)",
+                                             elem_id='outscale')
                 message = gr.Markdown(elem_id='message')
                 picker = gr.Image(label='Input: click two corners to choose the crop box',
-                                  type='pil', format='png', interactive=False, height=200,
+                                  type='pil', format='png', interactive=False, height=150,
                                   elem_id='picker', buttons=['fullscreen'])
                 box = gr.Textbox(label='Crop box X,Y,W,H in input pixels (type one, Enter)',
                                  elem_id='box', max_lines=1)
@@ -394,38 +439,47 @@ def build_page(gr, worker: Worker, scales: list):
                 out[message] = error_line(e, st['input'])
             return out
 
-        def on_scale(scale_value, st):
+        def on_scale(scale_value, outscale_value, st):
             inp = st.get('input')
-            if inp is None:
-                return {}
             try:
-                worker.check_scale(inp, int(scale_value))
-            except ImageError as e:
+                out_scale = output_scale(int(scale_value), parse_outscale(outscale_value))
+                if inp is not None:
+                    worker.check_scale(inp, out_scale)
+            except (ImageError, UsageError) as e:
                 return {message: error_line(e)}
             return {message: ''}
 
-        def on_run(scale_value, model_value, strength_value, st, progress=gr.Progress()):
+        def on_run(scale_value, model_value, strength_value, ensemble_value, outscale_value, st,
+                   progress=gr.Progress()):
             inp = st.get('input')
             if inp is None:
                 return {message: 'Upload an image or pick a sample first.'}
             st = dict(st)
             s, strength_value = int(scale_value), float(strength_value)
-            progress(0, desc=f'x{s} {model_label(model_value, strength_value)}')
+            what = f'x{s} {model_label(model_value, strength_value)}' + (
+                ' self-ensemble' if ensemble_value else '')
+            progress(0, desc=what)
             def tiles_done(done: int, total: int):
-                progress((done, total), desc=f'x{s} {model_label(model_value, strength_value)}',
-                         unit='tiles')
+                progress((done, total), desc=what, unit='tiles')
 
             try:
-                res = worker.run(inp, s, model_value, strength_value, tiles_done)
+                res = worker.run(inp, s, model_value, strength_value, tiles_done,
+                                 ensemble=bool(ensemble_value),
+                                 outscale=parse_outscale(outscale_value))
                 st['result'] = res
                 compared = panel_for(st)
             except (ImageError, CheckpointError, UsageError) as e:
                 return {message: error_line(e, inp)}
-            (w, h), (ow, oh) = inp.size, (inp.size[0] * s, inp.size[1] * s)
+            (w, h), (nw, nh), (ow, oh) = inp.size, (inp.size[0] * s, inp.size[1] * s), res.out_size
+            sizes = (f'{w}x{h} -> **{ow}x{oh}**' if res.outscale is None else
+                     f'{w}x{h} -> {nw}x{nh} -> **{ow}x{oh}**')
+            options = ((', self-ensemble' if res.ensemble else '') +
+                       (f', outscale {res.outscale:g}' if res.outscale is not None else ''))
             tiles = f'tiles of {res.tile}' if res.tile else 'whole image'
             precision = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
-            text = (f'**{inp.name}**: {w}x{h} -> **{ow}x{oh}** (x{s}, '
-                    f'{model_label(res.model, res.strength)}) in **{res.seconds:.2f} s** on '
+            text = (f'**{inp.name}**: {sizes} (x{s}, '
+                    f'{model_label(res.model, res.strength)}{options}) in '
+                    f'**{res.seconds:.2f} s** on '
                     f'{worker.device.type}, {precision[worker.dtype]}, {tiles}  \n'
                     f'the file of `{res.command}`')
             return {state: st, message: '', slider: (res.bicubic, res.sr), info: text,
@@ -436,13 +490,15 @@ def build_page(gr, worker: Worker, scales: list):
         everything = [state, picker, box, message, slider, panel, info, download]
         upload.upload(on_upload, [upload, scale, state], everything)
         sample.change(on_sample, [sample, scale, state], everything)
-        scale.change(on_scale, [scale, state], [message])
+        scale.change(on_scale, [scale, outscale, state], [message])
+        outscale.change(on_scale, [scale, outscale, state], [message])
         strength.input(lambda: BLEND, None, model)
         picker.select(on_click, [state], [state, picker, box, message, panel],
                       concurrency_id='device')
         box.submit(on_box, [box, state], [state, picker, box, message, panel],
                    concurrency_id='device')
-        go.click(on_run, [scale, model, strength, state], everything, concurrency_id='device')
+        go.click(on_run, [scale, model, strength, ensemble, outscale, state], everything,
+                 concurrency_id='device')
     return page
 
 

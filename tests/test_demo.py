@@ -12,6 +12,7 @@ and a crop comparison (README.md's images/demo.png):
 import importlib.util
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -37,7 +38,8 @@ if __name__ == '__main__':  # before the project's modules, which only pytest pu
 
 import demo  # noqa: E402
 import utils  # noqa: E402
-from conftest import ROOT, sane_generator  # noqa: E402
+import test_image  # noqa: E402
+from conftest import ROOT, run_main, sane_generator  # noqa: E402
 
 CHELSEA = ROOT / 'images' / 'chelsea.png'
 VIEWPORT = (1280, 800)
@@ -104,6 +106,42 @@ def test_progress_is_fed_by_the_tile_loop(worker, tmp_path, monkeypatch):
     assert result.tile == 56
     assert calls[-1] == (4, 4) and [done for done, _ in calls] == sorted({d for d, _ in calls})
     assert Image.open(result.sr).size == (120, 120)
+
+
+def test_ensemble_and_outscale_give_test_image_py_file(tmp_path, capsys):
+    """Self-ensemble and Output scale 3 through the page's function (the shipped SRResNet x2):
+    the command it shows, run, writes the same sr_ file bit for bit, at 3x the input's size."""
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (24, 32, 3), np.uint8)).save(
+        tmp_path / 'small.png')
+    cpu = torch.device('cpu')  # with test_image.py's default precision, --amp auto
+    worker = demo.Worker(str(tmp_path / 'work'), cpu, utils.autocast_dtype('auto', cpu), 1)
+    inp = worker.open_input(str(tmp_path / 'small.png'), 'small.png', 2)
+    res = worker.run(inp, 2, 'SRResNet', 0.5, ensemble=True, outscale=demo.parse_outscale(3))
+    assert res.command == ('python test_image.py --image small.png --upscale_factor 2 '
+                           '--weight weights/srresnet_x2.pth --ensemble --outscale 3')
+    assert res.out_size == (96, 72) and Image.open(res.sr).size == (96, 72)
+    assert Image.open(res.bicubic).size == (96, 72)
+
+    argv = shlex.split(res.command)[2:]  # after 'python test_image.py'
+    argv[argv.index('small.png')] = tmp_path / 'small.png'
+    argv[argv.index('weights/srresnet_x2.pth')] = ROOT / 'weights' / 'srresnet_x2.pth'
+    rc, _, err = run_main(test_image.main, argv + ['--out_dir', tmp_path / 'ref'], capsys)
+    assert rc == 0, err
+    assert open(res.sr, 'rb').read() == (tmp_path / 'ref' / 'small' / 'sr_small.png').read_bytes()
+
+    # without the options the command is the plain one; the field's values as the page sends them
+    assert demo.command_line('a.png', 4, 'SRGAN', 0.5) == \
+        'python test_image.py --image a.png --upscale_factor 4'
+    assert demo.command_line('a.png', 4, demo.BLEND, 0.25, True, 1.5) == (
+        'python test_image.py --image a.png --upscale_factor 4 --strength 0.25 --ensemble '
+        '--outscale 1.5')
+    assert [demo.parse_outscale(v) for v in (None, '', 0, 2.5)] == [None, None, None, 2.5]
+    for bad in (-1, float('nan'), float('inf')):
+        with pytest.raises(utils.UsageError) as e:
+            demo.parse_outscale(bad)
+        assert one_line(e.value).startswith("output scale: must be a number > 0 (empty or 0: "
+                                            "the network's scale), got ")
+    assert demo.output_scale(4, None) == 4 and demo.output_scale(2, 3.0) == 3.0
 
 
 def test_without_gradio_demo_says_what_to_install(monkeypatch, capsys, tmp_path):
@@ -302,14 +340,15 @@ def test_bad_upload_is_one_line_and_the_next_upload_works(server, browser, tmp_p
 @needs_browser
 @pytest.mark.slow
 def test_blend_crop_and_download(server, browser, tmp_path):
-    """Upload, the strength slider, Super-resolve, a box clicked and one typed, Download: the
-    file is test_image.py's for the same settings, bit for bit, and the crop comparison has the
-    size of LR | Bicubic | SRResNet | Blend | SRGAN patches of the box."""
+    """Upload, the strength slider, the self-ensemble ticked, Super-resolve, a box clicked and
+    one typed, Download: the file is test_image.py's for the same settings, bit for bit, and
+    the crop comparison has the size of LR | Bicubic | SRResNet | Blend | SRGAN patches of the
+    box."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
     # test_image.py with the settings the page is about to be given, meanwhile
     script = ['test_image.py', '--image', str(CHELSEA), '--upscale_factor', '4', '--strength',
-              '0.75']
+              '0.75', '--ensemble']
     reference = subprocess.Popen([sys.executable, *script, '--out_dir', str(tmp_path)],
                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
@@ -323,13 +362,15 @@ def test_blend_crop_and_download(server, browser, tmp_path):
     css(browser, '#strength input[type=range]').send_keys(Keys.ARROW_RIGHT * 5)  # 0.5 -> 0.75
     until(browser, lambda d: css(d, '#model input[value="Blend"]').is_selected())
     assert css(browser, '#strength input[type=number]').get_attribute('value') == '0.75'
+    css(browser, '#ensemble input[type=checkbox]').click()
+    until(browser, lambda d: css(d, '#ensemble input[type=checkbox]').is_selected())
     css(browser, '#run').click()
     until(browser, lambda d: text(d, 'info') or text(d, 'message'))
     assert text(browser, 'message') == ''
     info = text(browser, 'info')
-    assert 'chelsea.png: 226x150 -> 904x600 (x4, Blend 0.75)' in info
+    assert 'chelsea.png: 226x150 -> 904x600 (x4, Blend 0.75, self-ensemble)' in info
     assert info.endswith('python test_image.py --image chelsea.png --upscale_factor 4 '
-                         '--strength 0.75')
+                         '--strength 0.75 --ensemble')
     assert natural_size(browser, '#slider img') == (904, 600)
     columns = 5  # LR | Bicubic | SRResNet | Blend 0.75 | SRGAN
 
