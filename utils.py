@@ -24,6 +24,14 @@ metrics are computed on 8-bit images with BT.601 (MATLAB) YCbCr.
 
     python utils.py --input data/DIV2K_train_HR --output data/DIV2K_train_sub
 """
+import os
+import signal
+import sys
+
+if __name__ == '__main__':  # Ctrl-C while loading: one line and 130, as run_main gives later
+    signal.signal(signal.SIGINT, lambda *_: os._exit(
+        print('error: interrupted', file=sys.stderr, flush=True) or 130))
+
 import argparse
 import contextlib
 import errno
@@ -31,14 +39,11 @@ import functools
 import importlib
 import math
 import multiprocessing
-import os
 import random
 import re
 import shutil
-import signal
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -47,10 +52,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
-
-if __name__ == '__main__':  # Ctrl-C while torch loads: one line and 130, as run_main gives later
-    signal.signal(signal.SIGINT, lambda *_: os._exit(
-        print('error: interrupted', file=sys.stderr, flush=True) or 130))
 
 import numpy as np
 import torch
