@@ -3,6 +3,7 @@ trip per input mode on generated images, the ICC profile and EXIF, --alpha, --ou
 --ensemble (test_image, test_video, evaluate), --ext / --quality, and the bf16 warning. Each
 row of docs/photos.md's table names its test here."""
 
+import functools
 import json
 
 import numpy as np
@@ -225,7 +226,10 @@ def test_16bit_colour_notice(net, tmp_path):
     assert r['sr'].mode == 'RGB' and 'read as 8' in r['notes'][0]
 
 
+@functools.lru_cache(maxsize=None)
 def srgb_icc() -> bytes:
+    """One sRGB profile for the whole module: a new one carries the time it was made, so two
+    made a second apart differ."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
 
 
