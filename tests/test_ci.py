@@ -30,7 +30,7 @@ def resolve(clone, env_value=None) -> str:
 def test_ci_finds_the_benchmarks_beside_the_clone(tmp_path):
     clone = tmp_path / 'somewhere' / 'clone'
     clone.mkdir(parents=True)
-    assert resolve(clone) == 'unset'  # no ../shared: not set, the reference tests use data/
+    assert resolve(clone) == 'unset'  # no benchmarks folder beside it: the tests use data/
     shared = tmp_path / 'somewhere' / 'shared' / 'data' / 'benchmarks'
     shared.mkdir(parents=True)
     assert resolve(clone) == str(shared)  # an absolute path, wherever the clone is

@@ -4,7 +4,6 @@ event, CUDA-graph capture of the G and D steps (D called twice, spectral norm), 
 with two processes on one GPU. Without CUDA every test here skips with one line."""
 import copy
 import os
-import warnings
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from PIL import Image
 
 import train
 import utils
+import test_train
 from conftest import natural
 
 pytestmark = [pytest.mark.cuda,
@@ -24,14 +24,8 @@ ADV = ['--mode', 'adversarial', '--content_weight', '0']
 
 
 def make_state(*argv):
-    """(Recipe, Runtime, TrainState) of a one-GPU run with these flags, as train.run makes them."""
-    args = train.get_args([*TINY, *argv])
-    rt = train.Runtime(args)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        s = train.build(args, rt)
-    train.wrap(args, rt, s)
-    return train.Recipe.from_args(args), rt, s
+    """(Recipe, Runtime, TrainState) of a one-GPU run with these flags (test_train's)."""
+    return test_train.make_state(*argv, base=TINY)
 
 
 def batches(n: int, seed: int = 0) -> list:

@@ -235,10 +235,10 @@ def test_validation_scores_equal_evaluate_py_on_the_same_weights(data, tmp_path,
 # One training step: every loss term reaches the generator; D and G steps stay apart
 # ---------------------------------------------------------------------------------------------
 
-def make_state(*argv):
-    """(Recipe, Runtime, TrainState) of a one-device run with these flags, as train.run makes
-    them."""
-    args = train.get_args([*TINY, '--amp', 'off', *argv])
+def make_state(*argv, base=(*TINY, '--amp', 'off')):
+    """(Recipe, Runtime, TrainState) of a one-device run with `base` and these flags, as
+    train.run makes them."""
+    args = train.get_args([*base, *argv])
     rt = train.Runtime(args)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
