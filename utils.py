@@ -1308,17 +1308,12 @@ class TrainSet(torch.utils.data.Dataset):
         return downscale(hr, self.scale), hr
 
 
-def load_hr_lr(path: str, scale: int, max_megapixels: float = MAX_MEGAPIXELS,
-               keep_alpha: bool = False) -> tuple:
+def load_hr_lr(path: str, scale: int, max_megapixels: float = MAX_MEGAPIXELS) -> tuple:
     """(hr, lr) as (3, H, W) tensors: HR modcropped, LR its bicubic downscale, as validation
-    and evaluation score them; with keep_alpha, an image's alpha channel comes along as a
-    fourth channel. Raises ImageError for unreadable images, ones over max_megapixels (from
-    the header, before decoding) and ones too small to score."""
+    and evaluation score them. Raises ImageError for unreadable images, ones over
+    max_megapixels (from the header, before decoding) and ones too small to score."""
     check_pixels(path, max_megapixels)
-    hr, alpha = load_image(path)
-    if keep_alpha and alpha is not None:
-        hr = torch.cat([hr, alpha])
-    return crop_and_downscale(hr, scale, path)
+    return crop_and_downscale(load_image(path)[0], scale, path)
 
 
 def crop_and_downscale(hr: torch.Tensor, scale: int, path: str) -> tuple:
@@ -2546,9 +2541,7 @@ def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions,
     else:
         photo = load_photo(path)
         lr, lr_alpha = photo.rgb, photo.alpha
-    name = os.path.basename(path)
-    names = [photo_output_name(prefix, name, opts.ext, photo.bits)
-             for prefix in ('sr_', 'bicubic_', 'lr_', 'hr_')]
+    files = photo_outputs(path, opts.out_dir, opts.downsample, opts.ext, photo.bits)
     h, w = lr.shape[-2:]
     device = next(model.parameters()).device
     tile = plan_tile(h, w, s, device, opts.dtype, opts.overlap, opts.tile)
@@ -2573,13 +2566,9 @@ def process_image(path: str, model: torch.nn.Module, opts: PhotoOptions,
         sr_alpha = None if sr_alpha is None else imresize(sr_alpha, size=size).clamp(0, 1)
     bicubic = imresize(lr, size=size)
 
-    folder = os.path.join(opts.out_dir, os.path.splitext(name)[0])
-    outputs = [(sr, names[0], sr_alpha), (bicubic, names[1], sr_alpha), (lr, names[2], lr_alpha)]
-    if hr is not None:
-        outputs.append((hr, names[3], hr_alpha))
+    images = [(sr, sr_alpha), (bicubic, sr_alpha), (lr, lr_alpha), (hr, hr_alpha)]
     written = []
-    for image, out_name, a in outputs:
-        out = os.path.join(folder, out_name)
+    for (image, a), out in zip(images, files):  # sr_, bicubic_, lr_ (, hr_ with downsample)
         try:
             out = save_photo(image, out, photo, alpha=a, quality=opts.quality)
         except OSError as e:
